@@ -1,0 +1,111 @@
+"""The model contract: shapes per preset, the original's parameter count, losses by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dogvae.losses import bits_per_dim, kl_per_dim, kl_with_free_bits, reconstruction_nll
+from dogvae.model import PRESETS, VAEConfig, build_model, count_parameters, preset_config
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_encodes_and_decodes_images_of_its_size(name):
+    torch.manual_seed(0)
+    model = build_model(preset_config(name)).eval()
+    size, latent = model.config.image_size, model.config.latent_dim
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        recon = model.decode(mu)
+    assert mu.shape == logvar.shape == (2, latent)
+    assert recon.shape == x.shape
+    assert 0.0 <= float(recon.min()) and float(recon.max()) <= 1.0
+    assert model.sample(3).shape == (3, 3, size, size)
+
+
+def test_seed_preset_has_the_keras_models_parameter_count():
+    model = build_model(preset_config("seed"))
+    # Keras counts BatchNorm's moving mean and variance as (non-trainable) parameters.
+    assert count_parameters(model, keras_style=True) == 43_413_091
+    assert count_parameters(model) == 43_413_091 - 2 * 21_040  # 21,040 BatchNorm channels
+
+
+def test_presets_are_not_mutated_through_preset_config():
+    cfg = preset_config("small64")
+    cfg.latent_dim = 7
+    assert PRESETS["small64"].model.latent_dim == 128
+
+
+def test_config_rejects_an_image_size_the_stages_cannot_halve():
+    with pytest.raises(ValueError, match="divisible"):
+        VAEConfig(image_size=60)
+    with pytest.raises(ValueError, match="likelihood"):
+        VAEConfig(likelihood="poisson")
+    with pytest.raises(ValueError, match="unknown VAEConfig fields: colour"):
+        VAEConfig.from_dict({"colour": 1})
+
+
+def test_kl_matches_a_monte_carlo_estimate():
+    torch.manual_seed(0)
+    mu, logvar = torch.tensor([[0.7, -1.2, 0.0]]), torch.tensor([[-0.5, 0.3, -2.0]])
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * torch.randn(400_000, 3)
+    log_q = torch.distributions.Normal(mu, std).log_prob(z)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z)
+    monte_carlo = (log_q - log_p).mean(0)
+    assert torch.allclose(kl_per_dim(mu, logvar)[0], monte_carlo, atol=0.01)
+
+
+def test_reconstruction_nll_matches_hand_computation():
+    x = torch.tensor([0.0, 1.0, 0.25]).view(1, 3, 1, 1)
+    logits = torch.tensor([0.0, 2.0, -1.0]).view(1, 3, 1, 1)
+    mean = [0.5, 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))]
+    bce = -sum(xi * math.log(m) + (1 - xi) * math.log(1 - m) for xi, m in zip([0, 1, 0.25], mean))
+    got = reconstruction_nll(x, logits, "bernoulli", torch.tensor(0.0))
+    assert got.item() == pytest.approx(bce, rel=1e-5)
+
+    sigma = 0.2
+    gauss = sum(
+        0.5 * ((xi - m) / sigma) ** 2 + math.log(sigma) + 0.5 * math.log(2 * math.pi)
+        for xi, m in zip([0, 1, 0.25], mean)
+    )
+    got = reconstruction_nll(x, logits, "gaussian", torch.tensor(math.log(sigma)))
+    assert got.item() == pytest.approx(gauss, rel=1e-5)
+
+    b = 0.1
+    laplace = sum(abs(xi - m) / b + math.log(2 * b) for xi, m in zip([0, 1, 0.25], mean))
+    got = reconstruction_nll(x, logits, "laplace", torch.tensor(math.log(b)))
+    assert got.item() == pytest.approx(laplace, rel=1e-5)
+
+
+def test_loss_is_reconstruction_plus_beta_times_kl_and_elbo_ignores_beta():
+    torch.manual_seed(0)
+    model = build_model(
+        VAEConfig(
+            image_size=16, latent_dim=4, enc_widths=(4, 8), dec_widths=(8, 4), dec_start_channels=8
+        )
+    )
+    x = torch.rand(5, 3, 16, 16)
+    logits, mu, logvar = model(x)
+    out = model.objective(x, logits, mu, logvar, beta=0.25)
+    recon = reconstruction_nll(x, logits, "gaussian", model.log_scale).mean()
+    kl = kl_per_dim(mu, logvar).sum(1).mean()
+    assert out.reconstruction.item() == pytest.approx(recon.item(), rel=1e-6)
+    assert out.kl.item() == pytest.approx(kl.item(), rel=1e-6)
+    assert out.total.item() == pytest.approx((recon + 0.25 * kl).item(), rel=1e-6)
+    assert out.elbo.item() == pytest.approx((recon + kl).item(), rel=1e-6)
+
+
+def test_free_bits_floor_each_dimension_but_keep_larger_ones():
+    kl_dims = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # batch means 0.2 and 3.0
+    assert kl_with_free_bits(kl_dims, 0.0).item() == pytest.approx(3.2)
+    assert kl_with_free_bits(kl_dims, 0.5).item() == pytest.approx(3.5)
+
+
+def test_bits_per_dim_converts_nats_on_unit_pixels_to_8_bit_code_length():
+    # A uniform density on [0, 1] (0 nats) is exactly 8 bits per 8-bit sub-pixel.
+    assert bits_per_dim(0.0, 12) == pytest.approx(8.0)
+    assert bits_per_dim(12 * math.log(2), 12) == pytest.approx(9.0)
