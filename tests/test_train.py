@@ -1,0 +1,214 @@
+"""Training: loss falls, checkpoints round-trip and resume exactly, bad states are refused."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dogvae.train as train_module
+from dogvae import checkpoint
+from dogvae.atomic import atomic_path
+from dogvae.cli import main
+from dogvae.errors import CheckpointError
+from dogvae.synth import synthesize
+from dogvae.train import TrainConfig, TrainingError, train
+
+TINY_MODEL = {
+    "image_size": 32,
+    "latent_dim": 8,
+    "enc_widths": [8, 16, 16],
+    "dec_widths": [16, 8, 8],
+    "dec_start_channels": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, breeds=3, per_breed=30, size=32, mutts=0, seed=0, progress=False)
+    return out
+
+
+def tiny_config(data, out, **kw) -> TrainConfig:
+    values = dict(
+        data=str(data), out=str(out), epochs=3, batch_size=16, lr=3e-3, warmup_steps=5,
+        progress=False, model_overrides=dict(TINY_MODEL),
+    )  # fmt: skip
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def read_metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_lowers_validation_elbo_and_beats_the_mean_image(tiny_data, tmp_path):
+    summary = train(tiny_config(tiny_data, tmp_path / "run", epochs=6))
+    epochs = read_metrics(tmp_path / "run")
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    assert epochs[-1]["val"]["elbo"] < 0.9 * epochs[0]["val"]["elbo"]
+    assert summary["val"]["psnr"] > summary["baselines"]["mean_image_psnr"]
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "last.safetensors",
+        "state.pt",
+        "metrics.json",
+    ):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert (tmp_path / "run" / "images" / "recon-006.png").is_file()
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_loaded_model_gives_bit_identical_outputs_and_knows_its_breeds(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "run", epochs=1))
+    model = checkpoint.load(tmp_path / "run")
+    rows = (tiny_data / "labels.csv").read_text().splitlines()[1:]
+    assert model.breeds == sorted({row.split(",")[1] for row in rows})
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    again = checkpoint.load(tmp_path / "run")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.decode(model.embed(x)), again.decode(again.embed(x)))
+
+
+def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(
+    tiny_data, tmp_path, monkeypatch
+):
+    train(tiny_config(tiny_data, tmp_path / "straight"))
+
+    real_save_last = checkpoint.save_last
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        real_save_last(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit("killed right after the first epoch's checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save_last", save_then_die)
+    with pytest.raises(SystemExit):
+        train(tiny_config(tiny_data, tmp_path / "killed"))
+    monkeypatch.setattr(checkpoint, "save_last", real_save_last)
+    train(tiny_config(tiny_data, tmp_path / "killed", resume=True))
+
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_ctrl_c_mid_epoch_saves_last_and_resume_matches_uninterrupted(
+    tiny_data, tmp_path, monkeypatch
+):
+    train(tiny_config(tiny_data, tmp_path / "straight", epochs=2))
+
+    real_kl_weight = train_module.kl_weight
+    steps = []
+
+    def interrupt_on_fourth_step(*args):
+        steps.append(1)
+        if len(steps) == 4:
+            signal.raise_signal(signal.SIGINT)
+        return real_kl_weight(*args)
+
+    monkeypatch.setattr(train_module, "kl_weight", interrupt_on_fourth_step)
+    result = train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2))
+    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4}
+    monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
+    train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2, resume=True))
+
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "last.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    tiny_data, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, run, epochs=1))
+    good = {name: (run / name).read_bytes() for name in ("model.safetensors", "last.safetensors")}
+
+    real_objective = train_module.BaseVAE.objective
+
+    def poisoned(self, *args, **kwargs):
+        out = real_objective(self, *args, **kwargs)
+        out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(train_module.BaseVAE, "objective", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 1"):
+        train(tiny_config(tiny_data, run, epochs=2, resume=True))
+    for name, data in good.items():
+        assert (run / name).read_bytes() == data
+    checkpoint.load(run)  # still loads
+
+
+def test_interrupted_atomic_write_leaves_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old good weights")
+
+    def die(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dogvae.atomic.os.replace", die)
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half-written new wei")
+    assert target.read_bytes() == b"old good weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_load_refuses_missing_tampered_and_misshapen_checkpoints(tiny_data, tmp_path):
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        checkpoint.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        checkpoint.load(tmp_path / "empty")
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, run, epochs=1))
+    info = json.loads((run / "config.json").read_text())
+    info["model"]["latent_dim"] = 9
+    (run / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        checkpoint.load(run)
+
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        checkpoint.load(run)
+
+
+def test_cli_trains_from_a_config_file_and_refuses_to_overwrite_a_run(tiny_data, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(
+        json.dumps({"preset": "small64", "model": TINY_MODEL, "train": {"batch_size": 16}})
+    )
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(run),
+        "--config",
+        str(config),
+        "--epochs",
+        "1",
+    ]
+    assert main(args + ["--json"]) == 0
+    assert '"best_epoch": 1' in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["model"]["latent_dim"] == 8
+    assert main(args) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert main(args + ["--resume", "--epochs", "2"]) == 0
+    assert [e["epoch"] for e in read_metrics(run)] == [1, 2]
