@@ -22,7 +22,7 @@ def test_every_preset_encodes_and_decodes_images_of_its_size(name):
         recon = model.decode(mu)
     assert mu.shape == logvar.shape == (2, latent)
     assert recon.shape == x.shape
-    assert 0.0 <= float(recon.min()) and float(recon.max()) <= 1.0
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
     assert model.sample(3).shape == (3, 3, size, size)
 
 
@@ -63,20 +63,25 @@ def test_reconstruction_nll_matches_hand_computation():
     x = torch.tensor([0.0, 1.0, 0.25]).view(1, 3, 1, 1)
     logits = torch.tensor([0.0, 2.0, -1.0]).view(1, 3, 1, 1)
     mean = [0.5, 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))]
-    bce = -sum(xi * math.log(m) + (1 - xi) * math.log(1 - m) for xi, m in zip([0, 1, 0.25], mean))
+    bce = -sum(
+        xi * math.log(m) + (1 - xi) * math.log(1 - m)
+        for xi, m in zip([0, 1, 0.25], mean, strict=True)
+    )
     got = reconstruction_nll(x, logits, "bernoulli", torch.tensor(0.0))
     assert got.item() == pytest.approx(bce, rel=1e-5)
 
     sigma = 0.2
     gauss = sum(
         0.5 * ((xi - m) / sigma) ** 2 + math.log(sigma) + 0.5 * math.log(2 * math.pi)
-        for xi, m in zip([0, 1, 0.25], mean)
+        for xi, m in zip([0, 1, 0.25], mean, strict=True)
     )
     got = reconstruction_nll(x, logits, "gaussian", torch.tensor(math.log(sigma)))
     assert got.item() == pytest.approx(gauss, rel=1e-5)
 
     b = 0.1
-    laplace = sum(abs(xi - m) / b + math.log(2 * b) for xi, m in zip([0, 1, 0.25], mean))
+    laplace = sum(
+        abs(xi - m) / b + math.log(2 * b) for xi, m in zip([0, 1, 0.25], mean, strict=True)
+    )
     got = reconstruction_nll(x, logits, "laplace", torch.tensor(math.log(b)))
     assert got.item() == pytest.approx(laplace, rel=1e-5)
 

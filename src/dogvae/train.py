@@ -415,7 +415,7 @@ def train(cfg: TrainConfig) -> dict:
                     out = model.objective(x, *net(x), beta=beta)
                 if not torch.isfinite(out.total):
                     raise TrainingError(
-                        f"the loss became {float(out.total)} at epoch {epoch + 1}, batch {i + 1} "
+                        f"the loss became {float(out.total.detach())} at epoch {epoch + 1}, batch {i + 1} "
                         f"(lr {scheduler.get_last_lr()[0]:.2e}); the last good checkpoint in {run} "
                         "is kept. Try a lower --lr or --precision fp32."
                     )

@@ -1,0 +1,158 @@
+"""Training throughput per preset: dogvae's own loop against a bare PyTorch loop.
+
+For each preset (at its default batch size) it prints images/second for forward + backward +
+optimiser step, peak resident memory, and the ratio bare / dogvae: dogvae's step includes its
+data loading from the cache, logging and progress bar. Each measurement runs in its own process
+so peak memory is per configuration. Also compares float32 with bf16 autocast (images/s, and
+validation ELBO after a short identical run), and channels_last where asked.
+
+    python bench/train_throughput.py                        # small64 and seed, CPU (or CUDA)
+    python bench/train_throughput.py --presets small64 --steps 60
+    python bench/train_throughput.py --full-epoch ../shared/data/dogs-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dogvae.model import PRESETS, build_model, preset_config
+from dogvae.synth import synthesize
+from dogvae.train import TrainConfig, cpu_has_native_bf16, train
+
+
+def peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def bare_loop(preset: str, precision: str, steps: int, channels_last: bool) -> dict:
+    """The fastest honest loop: random batches already in memory, no logging."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = preset_config(preset)
+    batch = PRESETS[preset].batch_size
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(cfg).to(device, memory_format=fmt).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device).to(memory_format=fmt)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model.loss(x)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"images_per_s": steps * batch / (time.perf_counter() - t0)}
+
+
+def synth_for(preset: str, steps: int, root: Path) -> Path:
+    """Synthetic data big enough for `steps` batches per epoch (after the validation split)."""
+    cfg = preset_config(preset)
+    batch = PRESETS[preset].batch_size
+    per_breed = -(-int(steps * batch / 0.9) // 8) + 1
+    out = root / f"synth-{cfg.image_size}-{per_breed}"
+    if not (out / "labels.csv").exists():
+        synthesize(out, breeds=8, per_breed=per_breed, size=cfg.image_size, mutts=0, progress=False)
+    return out
+
+
+def dogvae_loop(preset: str, precision: str, steps: int, channels_last: bool, data: Path) -> dict:
+    """dogvae's own `train`, two epochs; the second epoch's training rate (no validation in it)."""
+    with tempfile.TemporaryDirectory() as run:
+        cfg = TrainConfig(
+            data=str(data), out=run, preset=preset, epochs=2, precision=precision,
+            channels_last="on" if channels_last else "off", warmup_steps=10,
+        )  # fmt: skip
+        summary = train(cfg)
+        records = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines()]
+    return {"images_per_s": records[-1]["images_per_s"], "val_elbo": summary["val"]["elbo"]}
+
+
+def worker(args) -> None:
+    """One measurement in this process; prints one JSON line."""
+    if args.mode == "bare":
+        result = bare_loop(args.presets, args.precision, args.steps, args.channels_last)
+    else:
+        data = synth_for(args.presets, args.steps, Path(args.cache))
+        result = dogvae_loop(args.presets, args.precision, args.steps, args.channels_last, data)
+    result["peak_mib"] = peak_rss_mib()
+    print("RESULT " + json.dumps(result))
+
+
+def measure(
+    mode: str, preset: str, precision: str, steps: int, channels_last: bool, cache: str
+) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--presets", preset,
+           "--precision", precision, "--steps", str(steps), "--cache", cache]  # fmt: skip
+    if channels_last:
+        cmd.append("--channels-last")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def full_epoch(data: str) -> None:
+    """Seconds for one small64 epoch over a real data set at 64 px, cache already built."""
+    with tempfile.TemporaryDirectory() as run:
+        train(TrainConfig(data=data, out=run, preset="small64", epochs=1, progress=False))
+        record = json.loads(Path(run, "metrics.jsonl").read_text().splitlines()[0])
+    print(
+        f"one small64 epoch over {data}: {record['seconds']:.1f} s ({record['images_per_s']:.0f} img/s)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default="small64,seed")
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per loop")
+    parser.add_argument("--precision", default="both", choices=["both", "fp32", "bf16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--full-epoch", metavar="DATA", help="also time one epoch over DATA")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["bare", "dogvae"], help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "dogvae-bench"))
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+          f"native bf16: {cpu_has_native_bf16()}")  # fmt: skip
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    header = f"{'preset':<8} {'precision':<9} {'bare img/s':>10} {'dogvae img/s':>12} {'bare/dogvae':>11} {'peak MiB':>9} {'val ELBO':>10}"
+    print(header)
+    for preset in args.presets.split(","):
+        for precision in precisions:
+            channels_last = args.channels_last or PRESETS[preset].model.image_size >= 128
+            bare = measure("bare", preset, precision, args.steps, channels_last, args.cache)
+            ours = measure("dogvae", preset, precision, args.steps, channels_last, args.cache)
+            ratio = bare["images_per_s"] / ours["images_per_s"]
+            print(f"{preset:<8} {precision:<9} {bare['images_per_s']:>10.1f} {ours['images_per_s']:>12.1f} "
+                  f"{ratio:>11.3f} {ours['peak_mib']:>9.0f} {ours['val_elbo']:>10.1f}")  # fmt: skip
+    if args.full_epoch:
+        full_epoch(args.full_epoch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""A deterministic, breed-stratified train/validation split."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions 0..N-1 into sorted int64 (train, validation) index arrays.
+
+    Each breed sends round(val_fraction * n) of its n images to validation (halves round up),
+    at least one when it has two or more images and never all of them. Unlabelled images (label
+    < 0) all train. Which images go is drawn per breed from (seed, breed), so a breed's choice
+    does not depend on the other breeds or on the order they appear in.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    validation = [
+        _validation_members(np.flatnonzero(labels == breed), val_fraction, seed, int(breed))
+        for breed in np.unique(labels[labels >= 0])
+    ]
+    val = np.sort(np.concatenate([np.empty(0, np.int64), *validation]))
+    is_train = np.ones(labels.size, dtype=bool)
+    is_train[val] = False
+    return np.flatnonzero(is_train).astype(np.int64), val.astype(np.int64)
+
+
+def _validation_members(
+    members: np.ndarray, val_fraction: float, seed: int, breed: int
+) -> np.ndarray:
+    n = members.size
+    n_val = min(math.floor(val_fraction * n + 0.5), n - 1)
+    if val_fraction > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    rng = np.random.default_rng([seed, breed])
+    return rng.permutation(members)[:n_val]

@@ -1,0 +1,298 @@
+"""load_images: decode once into a memmap, reuse it, rebuild it when it cannot be trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_path
+from test_data_corpus import (
+    BREED_COLOURS,
+    BROKEN_COUNTS,
+    GOOD_PER_BREED,
+    make_broken_kaggle,
+    make_kaggle,
+    solid_image,
+)
+
+import dogvae.data.cache as cache
+from dogvae.data.cache import ImageSet, load_images
+from dogvae.errors import BadImage, DataError
+
+
+@pytest.fixture
+def dogs(tmp_path) -> Path:
+    return make_kaggle(tmp_path / "dogs", {"beagle": 3, "pug": 2})
+
+
+@pytest.fixture
+def decode_calls(monkeypatch) -> list[str]:
+    """Records every file the cache decodes (in-process: the tests use one worker)."""
+    calls: list[str] = []
+    real = cache.decode_file
+
+    def counting(path, size, crop="center"):
+        calls.append(Path(path).name)
+        return real(path, size, crop)
+
+    monkeypatch.setattr(cache, "decode_file", counting)
+    return calls
+
+
+def load(root: Path, size: int = 8, **kwargs) -> ImageSet:
+    return load_images(root, size, progress=False, workers=1, **kwargs)
+
+
+def cache_files(suffix: str) -> list[Path]:
+    return sorted(Path(os.environ["DOGVAE_CACHE"]).glob(f"*{suffix}"))
+
+
+def test_images_are_a_read_only_uint8_memmap_with_labels(dogs):
+    images = load(dogs, size=8)
+    assert isinstance(images.images, np.memmap)
+    assert images.images.shape == (5, 8, 8, 3) and images.images.dtype == np.uint8
+    assert not images.images.flags.writeable
+    assert images.ids == ["beagle000", "beagle001", "beagle002", "pug000", "pug001"]
+    assert images.breeds == ["beagle", "pug"]
+    assert images.labels.tolist() == [0, 0, 0, 1, 1]
+    assert images.labels.dtype == np.int64
+    assert np.abs(images.images[0].astype(int) - BREED_COLOURS["beagle"]).max() <= 2
+    assert np.abs(images.images[4].astype(int) - BREED_COLOURS["pug"]).max() <= 2
+    assert len(images) == 5
+
+
+def test_summary_is_json_ready_and_counts_right(dogs):
+    solid_image(dogs / "test" / "x.jpg")
+    summary = load(dogs, size=8).summary()
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["n_images"] == 6
+    assert (summary["n_labelled"], summary["n_unlabelled"], summary["n_breeds"]) == (5, 1, 2)
+    assert (summary["image_size"], summary["crop"], summary["layout"]) == (8, "center", "kaggle")
+    assert summary["skipped_by_reason"] == {}
+
+
+def test_unlabelled_images_get_label_minus_one_and_can_be_left_out(dogs):
+    solid_image(dogs / "test" / "x.jpg")
+    assert load(dogs).labels.tolist()[-1] == -1
+    assert (load(dogs, include_unlabelled=False).labels >= 0).all()
+
+
+def test_cache_lives_in_dogvae_cache_never_beside_the_data(dogs):
+    before = sorted(p.relative_to(dogs) for p in dogs.rglob("*"))
+    images = load(dogs)
+    assert sorted(p.relative_to(dogs) for p in dogs.rglob("*")) == before
+    assert images.cache_path.parent == Path(os.environ["DOGVAE_CACHE"])
+    assert len(cache_files(".npy")) == 1 and len(cache_files(".json")) == 1
+
+
+def test_explicit_cache_dir_wins_over_the_environment(dogs, tmp_path):
+    images = load(dogs, cache_dir=tmp_path / "mine")
+    assert images.cache_path.parent == tmp_path / "mine"
+
+
+def test_second_load_reads_the_cache_without_decoding(dogs, decode_calls):
+    first = load(dogs)
+    assert len(decode_calls) == 5
+    second = load(dogs)
+    assert len(decode_calls) == 5
+    assert np.array_equal(first.images, second.images)
+    assert second.ids == first.ids and second.labels.tolist() == first.labels.tolist()
+
+
+def test_adding_a_file_gives_a_new_cache(dogs, decode_calls):
+    load(dogs)
+    solid_image(dogs / "test" / "new.jpg")
+    assert len(load(dogs)) == 6
+    assert len(decode_calls) == 5 + 6
+
+
+def test_removing_a_file_gives_a_new_cache(dogs, decode_calls):
+    load(dogs)
+    (dogs / "labels.csv").write_text("id,breed\nbeagle000,beagle\npug000,pug\n")
+    for stale in ["beagle001", "beagle002", "pug001"]:
+        (dogs / "train" / f"{stale}.jpg").unlink()
+    assert load(dogs).ids == ["beagle000", "pug000"]
+    assert len(decode_calls) == 5 + 2
+
+
+def test_changed_file_size_gives_a_new_cache(dogs, decode_calls):
+    load(dogs)
+    solid_image(dogs / "train" / "pug001.jpg", (0, 0, 255), size=(40, 30))
+    images = load(dogs)
+    assert len(decode_calls) == 10
+    assert np.abs(images.images[4].astype(int) - (0, 0, 255)).max() <= 2
+
+
+def test_changed_label_gives_a_new_cache(dogs):
+    load(dogs)
+    text = (dogs / "labels.csv").read_text().replace("pug001,pug", "pug001,beagle")
+    (dogs / "labels.csv").write_text(text)
+    assert load(dogs).labels.tolist() == [0, 0, 0, 1, 0]
+
+
+def test_image_size_and_crop_each_get_their_own_cache(dogs, decode_calls):
+    load(dogs, size=8)
+    assert load(dogs, size=12).images.shape[1:] == (12, 12, 3)
+    assert load(dogs, size=8, crop="squash").crop == "squash"
+    assert len(decode_calls) == 15
+    assert len(cache_files(".npy")) == 3
+
+
+def corrupt_and_reload(root: Path, damage) -> tuple[np.ndarray, ImageSet]:
+    """The pixels as first cached, and the set loaded again after `damage` to the cache."""
+    first = load(root)
+    pixels = np.array(first.images)
+    path = first.cache_path
+    del first  # let go of the memmap before damaging its file
+    damage(path)
+    return pixels, load(root)
+
+
+def truncate_array(npy: Path) -> None:
+    with open(npy, "r+b") as f:
+        f.truncate(npy.stat().st_size - 10)
+
+
+def append_bytes(npy: Path) -> None:
+    with open(npy, "ab") as f:
+        f.write(b"\0" * 64)
+
+
+def garble_header(npy: Path) -> None:
+    with open(npy, "r+b") as f:
+        f.write(b"garbage!")
+
+
+def flip_a_pixel(npy: Path) -> None:
+    with open(npy, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))
+
+
+def garble_meta(npy: Path) -> None:
+    npy.with_suffix(".json").write_text("{not json")
+
+
+def delete_meta(npy: Path) -> None:
+    npy.with_suffix(".json").unlink()
+
+
+def wrong_shape_in_meta(npy: Path) -> None:
+    meta_path = npy.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta["shape"][1] = 9
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        truncate_array,
+        append_bytes,
+        garble_header,
+        flip_a_pixel,
+        garble_meta,
+        delete_meta,
+        wrong_shape_in_meta,
+    ],
+)
+def test_damaged_cache_is_rebuilt_with_a_note(dogs, decode_calls, capsys, damage):
+    pixels, second = corrupt_and_reload(dogs, damage)
+    assert len(decode_calls) == 10  # decoded twice: the damaged cache was not trusted
+    assert "rebuilding the image cache" in capsys.readouterr().err
+    assert np.array_equal(pixels, np.asarray(second.images))
+    assert len(load(dogs)) == 5 and len(decode_calls) == 10  # and the rebuilt one is reused
+
+
+def test_bad_files_are_skipped_counted_on_one_line_and_listed(tmp_path, capsys):
+    root = make_broken_kaggle(tmp_path / "dogs")
+    images = load(root)
+    n_good = 2 * GOOD_PER_BREED
+    assert len(images) == n_good and images.images.shape[0] == n_good
+    assert images.summary()["skipped_by_reason"] == BROKEN_COUNTS
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    n_skipped = sum(BROKEN_COUNTS.values())
+    assert len(err_lines) == 1
+    assert err_lines[0].startswith(f"skipped {n_skipped} of {n_good + 4 + 4} files: 1 empty_file, ")
+    assert "(see `dogvae inspect`" in err_lines[0]
+    (report,) = cache_files(".skipped.json")
+    listed = json.loads(report.read_text())["skipped"]
+    assert {entry["reason"] for entry in listed} == set(BROKEN_COUNTS)
+    truncated = next(e for e in listed if e["reason"] == "truncated")
+    assert truncated["path"] == str(root / "train" / "truncated.jpg")
+
+
+def test_bad_files_stay_skipped_when_the_cache_is_reused(tmp_path, decode_calls):
+    root = make_broken_kaggle(tmp_path / "dogs")
+    first = load(root)
+    second = load(root)
+    assert len(decode_calls) == 2 * GOOD_PER_BREED + 4
+    assert second.summary() == first.summary()
+    assert second.skipped == first.skipped
+
+
+def test_strict_names_the_first_bad_file_and_its_reason(tmp_path):
+    root = make_kaggle(tmp_path / "dogs", {"pug": 2})
+    (root / "train" / "pug001.jpg").write_text("text")
+    with pytest.raises(BadImage, match=r"pug001\.jpg: not_an_image") as caught:
+        load(root, strict=True)
+    assert caught.value.reason == "not_an_image"
+    assert not cache_files(".npy")
+
+
+def test_strict_refuses_a_cached_set_that_has_skips(tmp_path):
+    root = make_kaggle(tmp_path / "dogs", {"pug": 2})
+    (root / "train" / "pug001.jpg").write_bytes(b"")
+    assert len(load(root)) == 1
+    with pytest.raises(BadImage, match="empty_file"):
+        load(root, strict=True)
+
+
+def test_strict_raises_on_scan_time_skips_too(dogs):
+    with open(dogs / "labels.csv", "a") as f:
+        f.write("gone,pug\n")
+    assert len(load(dogs)) == 5
+    with pytest.raises(BadImage, match="missing_file"):
+        load(dogs, strict=True)
+
+
+def test_every_file_bad_is_a_data_error(tmp_path):
+    root = tmp_path / "junk"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"")
+    (root / "b.png").write_text("no")
+    with pytest.raises(DataError, match=r"all 2 failed to decode \(1 empty_file, 1 not_an_image\)"):
+        load(root)
+    assert not cache_files(".npy") and not list(Path(os.environ["DOGVAE_CACHE"]).glob(".*tmp*"))
+
+
+def test_unknown_crop_or_size_is_refused_before_scanning(tmp_path):
+    with pytest.raises(ValueError, match="crop"):
+        load_images(tmp_path / "nowhere", 8, crop="zoom")
+    with pytest.raises(ValueError, match="size"):
+        load_images(tmp_path / "nowhere", 0)
+
+
+def test_parallel_workers_give_the_same_cache_as_one_process(tmp_path):
+    many = cache.CHUNK_IMAGES + 20
+    root = make_kaggle(tmp_path / "dogs", {"beagle": many // 2, "pug": many - many // 2}, (6, 5))
+    (root / "train" / "pug003.jpg").write_bytes(b"")
+    serial = load_images(root, 4, cache_dir=tmp_path / "one", workers=1, progress=False)
+    parallel = load_images(root, 4, cache_dir=tmp_path / "two", workers=2, progress=False)
+    assert len(parallel) == many - 1
+    assert parallel.ids == serial.ids
+    assert np.array_equal(np.asarray(parallel.images), np.asarray(serial.images))
+    assert [s.reason for s in parallel.skipped] == ["empty_file"]
+
+
+def test_real_sample_photos_load_with_thirty_per_breed():
+    images = load_images(shared_path("dogs-sample"), 16, progress=False)
+    assert images.images.shape == (300, 16, 16, 3)
+    assert len(images.breeds) == 10
+    assert np.bincount(images.labels).tolist() == [30] * 10
+    assert images.skipped == []
