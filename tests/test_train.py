@@ -213,3 +213,16 @@ def test_cli_trains_from_a_config_file_and_refuses_to_overwrite_a_run(tiny_data,
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     assert main(args + ["--resume", "--epochs", "2"]) == 0
     assert [e["epoch"] for e in read_metrics(run)] == [1, 2]
+
+
+def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
+    from conftest import shared_path
+
+    data = shared_path("dogs-sample")
+    summary = train(tiny_config(data, tmp_path / "run", epochs=2, batch_size=32))
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert len(info["breeds"]) == 10 and "golden_retriever" in info["breeds"]
+    assert info["data"]["n_images"] == 300
+    first, second = read_metrics(tmp_path / "run")
+    assert second["val"]["elbo"] < first["val"]["elbo"]
+    assert summary["val"]["psnr"] > 10.0  # real photos decode to real pixels, not noise
