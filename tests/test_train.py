@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import dogvae
 import dogvae.train as train_module
 from dogvae import checkpoint
 from dogvae.atomic import atomic_path
@@ -73,7 +74,7 @@ def test_loaded_model_gives_bit_identical_outputs_and_knows_its_breeds(tiny_data
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
-    again = checkpoint.load(tmp_path / "run")
+    again = dogvae.load(tmp_path / "run")  # the top-level library entry point
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.decode(model.embed(x)), again.decode(again.embed(x)))
