@@ -6,7 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: setup demo test lint bench clean chromium
 
 setup: $(VENV)/.installed
 
@@ -24,7 +26,14 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: lint
+# tests/test_app_browser.py drives Debian's Chromium. As root with apt-get (CI), install it when
+# it is missing; elsewhere say so, and the test skips with that reason.
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	  echo "no Chromium at $(CHROMIUM): tests/test_app_browser.py will be skipped"
+
+test: lint chromium
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -20,6 +20,18 @@ def shared_path(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Session-wide fixtures (trained tiny models) decode into a private cache folder too."""
+    previous = os.environ.get("DOGVAE_CACHE")
+    os.environ["DOGVAE_CACHE"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DOGVAE_CACHE", None)
+    else:
+        os.environ["DOGVAE_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test decodes into its own cache folder, never the user's ~/.cache/dogvae."""
