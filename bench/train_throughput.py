@@ -2,12 +2,19 @@
 
 For each preset (at its default batch size) it prints images/second for forward + backward +
 optimiser step, peak resident memory, and the ratio bare / dogvae: dogvae's step includes its
-data loading from the cache, logging and progress bar. Each measurement runs in its own process
-so peak memory is per configuration. Also compares float32 with bf16 autocast (images/s, and
-validation ELBO after a short identical run), and channels_last where asked.
+data loading from the cache (on a GPU: from the copy held there), logging and progress bar.
+Each measurement runs in its own process so peak memory is per configuration. Also compares
+float32 with bf16 autocast (images/s, and validation ELBO after a short identical run).
+
+A second table, "speed paths", times the bare loop with each layout (channels_last off / on)
+and with `torch.compile`, against the layout dogvae picks by default (`channels_last="auto"`;
+compile is off unless `dogvae train --compile`), and says whether each helps on this machine.
+The variants run in one process, one step each in turn, so that other work on a shared
+machine slows them alike.
 
     python bench/train_throughput.py                        # small64 and seed, CPU (or CUDA)
     python bench/train_throughput.py --presets small64 --steps 60
+    python bench/train_throughput.py --presets small64 --speed-paths-only --steps 20
     python bench/train_throughput.py --full-epoch ../shared/data/dogs-full
 """
 
@@ -36,8 +43,8 @@ def peak_rss_mib() -> float:
     return peak
 
 
-def bare_loop(preset: str, precision: str, steps: int, channels_last: bool) -> dict:
-    """The fastest honest loop: random batches already in memory, no logging."""
+def training_step(preset: str, precision: str, channels_last: bool, compile: bool = False):
+    """One bare training step on a fixed random batch (in memory, no logging), and the batch size."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset_config(preset)
     batch = PRESETS[preset].batch_size
@@ -47,24 +54,57 @@ def bare_loop(preset: str, precision: str, steps: int, channels_last: bool) -> d
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device).to(memory_format=fmt)
     dtype = torch.bfloat16 if precision == "bf16" else None
+    forward = torch.compile(model) if compile else model  # as dogvae does: the forward pass only
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model.loss(x)
+            out = model.objective(x, *forward(x))
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
+    return step, batch
+
+
+def bare_loop(preset: str, precision: str, steps: int, channels_last: bool) -> dict:
+    """The fastest honest loop: random batches already in memory, no logging."""
+    step, batch = training_step(preset, precision, channels_last)
     for _ in range(3):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     return {"images_per_s": steps * batch / (time.perf_counter() - t0)}
+
+
+def interleaved_paths(preset: str, precision: str, steps: int, compile: bool) -> dict:
+    """Images/s of each speed path, timed one step each in turn, so that other work on a
+    shared machine slows them all alike; plus each one's warm-up (compile) seconds."""
+    default = default_channels_last(preset)
+    variants = {
+        f"default (channels_last {'on' if default else 'off'})": (default, False),
+        f"channels_last {'off' if default else 'on'}": (not default, False),
+    }
+    if compile:
+        variants["default + torch.compile"] = (default, True)
+    steps_by_name, warmup, seconds = {}, {}, {}
+    for name, (channels_last, compiled) in variants.items():
+        step, batch = training_step(preset, precision, channels_last, compiled)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        warmup[name], seconds[name], steps_by_name[name] = time.perf_counter() - t0, 0.0, step
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            t0 = time.perf_counter()
+            step()
+            seconds[name] += time.perf_counter() - t0
+    return {
+        name: {"images_per_s": steps * batch / seconds[name], "warmup_s": warmup[name]}
+        for name in variants
+    }
 
 
 def synth_for(preset: str, steps: int, root: Path) -> Path:
@@ -94,6 +134,9 @@ def worker(args) -> None:
     """One measurement in this process; prints one JSON line."""
     if args.mode == "bare":
         result = bare_loop(args.presets, args.precision, args.steps, args.channels_last)
+    elif args.mode == "paths":
+        result = interleaved_paths(args.presets, args.precision, args.steps, args.compile)
+        return print("RESULT " + json.dumps(result))
     else:
         data = synth_for(args.presets, args.steps, Path(args.cache))
         result = dogvae_loop(args.presets, args.precision, args.steps, args.channels_last, data)
@@ -102,12 +145,20 @@ def worker(args) -> None:
 
 
 def measure(
-    mode: str, preset: str, precision: str, steps: int, channels_last: bool, cache: str
+    mode: str,
+    preset: str,
+    precision: str,
+    steps: int,
+    channels_last: bool,
+    cache: str,
+    compile: bool = False,
 ) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--presets", preset,
            "--precision", precision, "--steps", str(steps), "--cache", cache]  # fmt: skip
     if channels_last:
         cmd.append("--channels-last")
+    if compile:
+        cmd.append("--compile")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -122,6 +173,25 @@ def full_epoch(data: str) -> None:
     )
 
 
+def default_channels_last(preset: str) -> bool:
+    """What `channels_last="auto"` picks (see dogvae.train.setup_runtime)."""
+    return torch.cuda.is_available() or PRESETS[preset].model.image_size >= 128
+
+
+def speed_paths(presets: list[str], precision: str, steps: int, cache: str, compile: bool) -> None:
+    """Bare-loop images/s with each layout and with torch.compile, against dogvae's default."""
+    print(f"\nspeed paths ({precision}, bare loop, timed in alternation; ratio to the default)")
+    print(f"{'preset':<8} {'variant':<26} {'img/s':>8} {'ratio':>6} {'warm-up s':>9}  verdict")
+    for preset in presets:
+        results = measure("paths", preset, precision, steps, False, cache, compile)
+        base = next(iter(results.values()))
+        for name, result in results.items():
+            ratio = result["images_per_s"] / base["images_per_s"]
+            verdict = "" if result is base else ("helps" if ratio > 1.05 else "does not help")
+            print(f"{preset:<8} {name:<26} {result['images_per_s']:>8.1f} {ratio:>6.2f} "
+                  f"{result['warmup_s']:>9.1f}  {verdict}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="small64,seed")
@@ -129,8 +199,13 @@ def main() -> None:
     parser.add_argument("--precision", default="both", choices=["both", "fp32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--full-epoch", metavar="DATA", help="also time one epoch over DATA")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="leave torch.compile out of the speed paths"
+    )
+    parser.add_argument("--speed-paths-only", action="store_true", help="only the second table")
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["bare", "dogvae"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["bare", "dogvae", "paths"], help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "dogvae-bench"))
     args = parser.parse_args()
     if args.worker:
@@ -140,16 +215,20 @@ def main() -> None:
     print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"native bf16: {cpu_has_native_bf16()}")  # fmt: skip
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    presets = args.presets.split(",")
+    if args.speed_paths_only:
+        return speed_paths(presets, precisions[0], args.steps, args.cache, not args.no_compile)
     header = f"{'preset':<8} {'precision':<9} {'bare img/s':>10} {'dogvae img/s':>12} {'bare/dogvae':>11} {'peak MiB':>9} {'val ELBO':>10}"
     print(header)
-    for preset in args.presets.split(","):
+    for preset in presets:
         for precision in precisions:
-            channels_last = args.channels_last or PRESETS[preset].model.image_size >= 128
+            channels_last = args.channels_last or default_channels_last(preset)
             bare = measure("bare", preset, precision, args.steps, channels_last, args.cache)
             ours = measure("dogvae", preset, precision, args.steps, channels_last, args.cache)
             ratio = bare["images_per_s"] / ours["images_per_s"]
             print(f"{preset:<8} {precision:<9} {bare['images_per_s']:>10.1f} {ours['images_per_s']:>12.1f} "
                   f"{ratio:>11.3f} {ours['peak_mib']:>9.0f} {ours['val_elbo']:>10.1f}")  # fmt: skip
+    speed_paths(presets, precisions[0], args.steps, args.cache, not args.no_compile)
     if args.full_epoch:
         full_epoch(args.full_epoch)
 

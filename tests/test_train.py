@@ -227,3 +227,36 @@ def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
     first, second = read_metrics(tmp_path / "run")
     assert second["val"]["elbo"] < first["val"]["elbo"]
     assert summary["val"]["psnr"] > 10.0  # real photos decode to real pixels, not noise
+
+
+def test_batches_made_from_the_device_cache_train_exactly_like_the_loader(tiny_data, tmp_path):
+    # on a GPU the cache is held there ("auto"); "on" takes the same path on the CPU
+    train(tiny_config(tiny_data, tmp_path / "loader", epochs=2, device="cpu", device_cache="off"))
+    train(tiny_config(tiny_data, tmp_path / "device", epochs=2, device="cpu", device_cache="on"))
+    a = load_file(str(tmp_path / "loader" / "last.safetensors"))
+    b = load_file(str(tmp_path / "device" / "last.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_compile_flag_runs_the_compiled_model_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    # the "eager" backend traces the model as --compile does, without a minute of C++ builds
+    real_compile, compiled = torch.compile, []
+
+    def traced(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced)
+    config = tmp_path / "tiny.json"
+    config.write_text(
+        json.dumps({"model": TINY_MODEL, "train": {"batch_size": 16, "device": "cpu"}})
+    )
+    args = ["train", "--data", str(tiny_data), "--config", str(config), "--epochs", "1"]
+    assert main(args + ["--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    assert len(compiled) == 1
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    a = load_file(str(tmp_path / "compiled" / "last.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "last.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key

@@ -1,24 +1,35 @@
 """The training loop, top to bottom: data, model, optimiser, epochs, validation, checkpoints.
 
-Runs on one CPU or GPU, or under `torchrun` with DistributedDataParallel: every process trains
-on its shard of each batch; only rank 0 (the `main` process) writes files.
+Runs on one CPU or GPU, or under `torchrun` with DistributedDataParallel (NCCL on CUDA, Gloo on
+CPU). Under torchrun `batch_size` stays the global batch: each of N processes trains on
+batch_size / N images of every step, and together they compute what one process computes with
+the whole batch (same images, same noise, gradients averaged; up to float rounding, and to
+BatchNorm statistics on CPU, where there is no SyncBatchNorm). So the learning rate and steps
+per epoch do not depend on N, and a run resumes with any N. Validation is shared too: each
+process scores its part of the validation set and the sums are added over processes. Only
+rank 0 (the `main` process) writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from dogvae import checkpoint
@@ -38,7 +49,13 @@ class TrainingError(DogvaeError):
 
 @dataclass
 class TrainConfig:
-    """How to train. `None` fields take the preset's value (see `dogvae.model.PRESETS`)."""
+    """How to train. `None` fields take the preset's value (see `dogvae.model.PRESETS`).
+
+    `batch_size` is the global batch: under torchrun with N processes each takes 1/N of it.
+    `device_cache` ("auto", "on", "off") holds the decoded uint8 images on the training device
+    and makes batches there; "auto" does so on a GPU when they take under a quarter of its
+    free memory. `compile` runs the model through `torch.compile`.
+    """
 
     data: str
     out: str
@@ -55,6 +72,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: str = "auto"
+    compile: bool = False
+    device_cache: str = "auto"
     crop: str = "center"
     cache_dir: str | None = None
     strict: bool = False
@@ -68,6 +87,9 @@ class TrainConfig:
             raise DogvaeError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.epochs is not None and self.epochs < 1:
             raise DogvaeError("--epochs must be at least 1")
+        for name in ("channels_last", "device_cache"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise DogvaeError(f"{name} must be auto, on or off, not {getattr(self, name)!r}")
         preset = PRESETS[self.preset]
         values = {**preset.train_overrides, **{k: v for k, v in self.__dict__.items()}}
         for name in ("epochs", "batch_size", "lr"):
@@ -95,8 +117,10 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
+    owns_process_group: bool = False  # this `train` call joined it, so it leaves it
 
     @property
     def main(self) -> bool:
@@ -116,17 +140,24 @@ def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
     """Pick the device, join the process group under torchrun, choose precision and layout."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DogvaeError("--device cuda was asked for but no CUDA GPU is visible")
     if want_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
+    owns_process_group = world_size > 1 and not dist.is_initialized()
+    if owns_process_group:
+        if want_cuda:
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     if cfg.precision == "bf16" or (
         cfg.precision == "auto"
         and (
@@ -141,7 +172,7 @@ def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
     channels_last = cfg.channels_last == "on" or (
         cfg.channels_last == "auto" and (want_cuda or image_size >= 128)
     )
-    return Runtime(device, rank, world_size, dtype, channels_last)
+    return Runtime(device, rank, world_size, local_rank, dtype, channels_last, owns_process_group)
 
 
 def _autocast(rt: Runtime):
@@ -151,8 +182,117 @@ def _autocast(rt: Runtime):
 
 
 def _to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    if rt.device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()  # page-locked, so the copy runs while the GPU is still busy
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
-    return x.to(rt.device, non_blocking=True, memory_format=fmt)
+    return x.to(rt.device, non_blocking=True).contiguous(memory_format=fmt)
+
+
+def _shared_by_main(rt: Runtime, read: Callable[[], object]):
+    """Run `read` on rank 0 only and hand its result, or its DogvaeError, to every process,
+    so that all of them go on, or all stop with the same message (none waits forever)."""
+    result, error = None, None
+    if rt.main:
+        try:
+            result = read()
+        except DogvaeError as exc:
+            error = exc
+    if rt.world_size > 1:
+        box = [result, error]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box
+    if error is not None:
+        raise error
+    return result
+
+
+def _share_buffers(rt: Runtime, *modules: nn.Module) -> None:
+    """Give every process rank 0's buffers, as DDP does before each forward. Per-process
+    BatchNorm (on CPU) updates its running statistics from each process's own images, so
+    without this the processes would validate and end with slightly different statistics."""
+    if rt.world_size > 1:
+        for module in modules:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over every tensor of the state dict: equal on all processes of a healthy DDP run."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+# --- batches and noise ----------------------------------------------------------------------
+
+
+class DeviceBatches:
+    """A loader's batches, made on `device` from a copy of its uint8 images held there.
+
+    On a GPU this takes the loader off the critical path: the pixels cross the bus once, and a
+    batch is one gather, flip and conversion on the GPU. The order (the loader's sampler) and the
+    flips (the dataset's per-epoch draw) are the loader's own, so the numbers of a run do not
+    depend on where its batches were made.
+    """
+
+    def __init__(self, loader, device: torch.device):
+        self.loader = loader
+        data: CachedImages = loader.dataset
+        self.pixels = torch.from_numpy(np.ascontiguousarray(data.images.images[data.rows]))
+        self.pixels = self.pixels.to(device)  # (n, S, S, 3) uint8
+        self.labels = torch.from_numpy(data.images.labels[data.rows].astype(np.int64)).to(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        device = self.pixels.device
+        # the flips `set_epoch` drew for this epoch (CachedImages keeps them per position)
+        flips = torch.from_numpy(self.loader.dataset._flips).to(device)
+        for positions in self.loader.batch_sampler:
+            at = torch.as_tensor(positions, device=device)
+            x = self.pixels[at].permute(0, 3, 1, 2)  # (B, 3, S, S), channels_last in memory
+            x = torch.where(flips[at].view(-1, 1, 1, 1), x.flip(3), x)
+            yield x.float().div_(255.0), self.labels[at]
+
+
+def _batches(loader, cfg: TrainConfig, rt: Runtime):
+    """`loader` itself, or `DeviceBatches` over it when the device cache is on (see TrainConfig)."""
+    data: CachedImages = loader.dataset
+    nbytes = len(data) * int(np.prod(data.images.images.shape[1:]))
+    fits = rt.device.type == "cuda" and nbytes < torch.cuda.mem_get_info(rt.device)[0] / 4
+    if cfg.device_cache == "on" or (cfg.device_cache == "auto" and fits):
+        return DeviceBatches(loader, rt.device)
+    return loader
+
+
+def noise_rows(rows: int, latent_dim: int, rt: Runtime, generator=None) -> torch.Tensor:
+    """This process's rows of standard-normal noise drawn for `rows` images of the global batch.
+
+    Drawn on the CPU by every process alike: one random state, the same on every device and for
+    every world size. The sampler deals the global batch's images to processes in turn (image
+    j to rank j mod N), so noise row j goes with image j whatever N is.
+    """
+    return torch.randn(rows, latent_dim, generator=generator)[rt.rank :: rt.world_size]
+
+
+class NoisyForward(nn.Module):
+    """The VAE's forward pass with the reparameterisation noise given rather than drawn.
+
+    DDP and torch.compile wrap this module; the objective stays outside it, so the KL weight
+    changing every step does not make torch.compile recompile.
+    """
+
+    def __init__(self, vae: BaseVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        mu, logvar = self.vae.encode(x)
+        z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
+        return self.vae.decode_logits(z), mu, logvar
 
 
 # --- schedules ------------------------------------------------------------------------------
@@ -177,31 +317,42 @@ def kl_weight(beta: float, warmup_epochs: float, epoch_progress: float) -> float
 
 
 @torch.no_grad()
-def evaluate(model: BaseVAE, loader, rt: Runtime) -> dict[str, float]:
-    """Validation figures in float32: ELBO (nats/image, bits/dim), its parts, MSE, PSNR, units."""
+def evaluate(model: BaseVAE, batches, noise: torch.Tensor, rt: Runtime) -> dict[str, float]:
+    """Validation figures in float32: ELBO (nats/image, bits/dim), its parts, MSE, PSNR, units.
+
+    Each process scores its share of the validation set (`batches`, in order, with one fixed
+    noise row per image in `noise`) and the sums are added over all processes, so the figures
+    are those of the whole set, the same every epoch and for any number of processes.
+    """
     model.eval()
-    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "mse": 0.0, "psnr": 0.0}
+    forward = NoisyForward(model)
+    sums = torch.zeros(5, dtype=torch.float64, device=rt.device)  # elbo recon kl mse psnr
     mus, n = [], 0
-    gen_state = torch.get_rng_state()
-    torch.manual_seed(0)  # the ELBO's one sampled z is the same every epoch and run
-    for x, _ in loader:
+    for x, _ in batches:
         x = _to_device(x, rt)
-        out = model.loss(x, beta=1.0)
-        mu, _ = model.encode(x)
-        recon = model.decode(mu)
         b = len(x)
-        sums["elbo"] += float(out.elbo) * b
-        sums["recon"] += float(out.reconstruction) * b
-        sums["kl"] += float(out.kl) * b
-        sums["mse"] += float(mse_per_image(recon, x).sum())
-        sums["psnr"] += float(psnr_per_image(recon, x).sum())
+        logits, mu, logvar = forward(x, noise[n : n + b].to(rt.device))
+        out = model.objective(x, logits, mu, logvar, beta=1.0)
+        recon = model.decode(mu)
+        sums += torch.stack([
+            out.elbo * b, out.reconstruction * b, out.kl * b,
+            mse_per_image(recon, x).sum(), psnr_per_image(recon, x).sum(),
+        ]).double()  # fmt: skip
         mus.append(mu.float().cpu())
         n += b
-    torch.set_rng_state(gen_state)
+    totals = torch.cat([sums, sums.new_tensor([n])])
+    mus = torch.cat(mus) if mus else torch.empty(0, model.config.latent_dim)
+    if rt.world_size > 1:
+        dist.all_reduce(totals)
+        shares = [None] * rt.world_size
+        dist.all_gather_object(shares, mus)
+        mus = torch.cat(shares)
     model.train()
-    metrics = {k: v / max(n, 1) for k, v in sums.items()}
+    *totals, n = totals.tolist()
+    names = ("elbo", "recon", "kl", "mse", "psnr")
+    metrics = {name: value / max(n, 1) for name, value in zip(names, totals, strict=True)}
     metrics["bits_per_dim"] = model.bits_per_dim(metrics["elbo"])
-    metrics["active_units"] = active_units(torch.cat(mus)) if mus else 0
+    metrics["active_units"] = active_units(mus)
     return metrics
 
 
@@ -251,10 +402,15 @@ class RunLog:
 
 
 class GracefulStop:
-    """Turn the first Ctrl-C or SIGTERM into a request to stop after the current step."""
+    """Turn the first Ctrl-C or SIGTERM into a request to stop after the current step.
+
+    A second one a second or more later means "now". Under torchrun one Ctrl-C can arrive twice
+    (from the terminal and again from torchrun), so a repeat within a second is the same request.
+    """
 
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous = {}
 
     def __enter__(self):
@@ -264,9 +420,10 @@ class GracefulStop:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C means "now"
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
+        elif time.monotonic() - self._first > 1.0:
             raise KeyboardInterrupt
-        self.requested = True
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -288,45 +445,84 @@ def _prepare_run_folder(run: Path, resume: bool) -> None:
 
 
 def _load_data(cfg: TrainConfig, image_size: int, rt: Runtime) -> ImageSet:
-    """Decode once: rank 0 builds the cache, the other ranks wait and then read it."""
+    """Decode once per machine: local rank 0 builds the cache, the others wait, then read it."""
     kwargs = dict(crop=cfg.crop, cache_dir=cfg.cache_dir, strict=cfg.strict)
-    if rt.world_size > 1 and not rt.main:
+    if rt.world_size > 1 and rt.local_rank != 0:
         dist.barrier()
     images = load_images(cfg.data, image_size, progress=cfg.progress and rt.main, **kwargs)
-    if rt.world_size > 1 and rt.main:
+    if rt.world_size > 1 and rt.local_rank == 0:
         dist.barrier()
     return images
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train a model as `cfg` says and return the final summary (also written to metrics.json)."""
+def _read_last(run: Path, model: BaseVAE) -> dict:
+    """The training state to resume from, with the weights, for rank 0 to share with all."""
+    state = checkpoint.load_last(run, model)
+    return {**state, "model": model.state_dict()}
+
+
+def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train a model as `cfg` says and return the final summary (also written to metrics.json).
+
+    `on_epoch(record)`, if given, is called after each epoch's validation and checkpoints, in
+    every process with the same record; it may raise to end training (e.g. `optuna.TrialPruned`).
+    Under torchrun the process group is left at the end, on errors too.
+    """
     cfg = cfg.resolved()
     model_cfg = cfg.model_config()
-    run = Path(cfg.out)
     rt = setup_runtime(cfg, model_cfg.image_size)
-    if rt.main:
-        _prepare_run_folder(run, cfg.resume)
+    try:
+        return _train(cfg, model_cfg, rt, on_epoch)
+    finally:
+        if rt.owns_process_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dict:
+    run = Path(cfg.out)
+    _shared_by_main(rt, lambda: _prepare_run_folder(run, cfg.resume))
     torch.manual_seed(cfg.seed)
 
     images = _load_data(cfg, model_cfg.image_size, rt)
     train_idx, val_idx = stratified_split(images.labels, cfg.val_fraction, cfg.seed)
-    if len(train_idx) < cfg.batch_size * rt.world_size:
+    if cfg.batch_size % rt.world_size:
+        raise DogvaeError(
+            f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
+            f"{rt.world_size} processes"
+        )
+    if len(train_idx) < cfg.batch_size:
         raise DogvaeError(
             f"{len(train_idx)} training images is fewer than one batch of "
-            f"{cfg.batch_size * rt.world_size}; lower --batch-size"
+            f"{cfg.batch_size}; lower --batch-size"
         )
     train_data = CachedImages(images, train_idx, flip=True, seed=cfg.seed)
-    val_data = CachedImages(images, val_idx)
     train_loader = make_loader(
-        train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+        train_data, cfg.batch_size // rt.world_size, shuffle=True, seed=cfg.seed, drop_last=True,
         rank=rt.rank, world_size=rt.world_size,
     )  # fmt: skip
-    val_loader = make_loader(val_data, 256, shuffle=False)
-    steps_per_epoch = len(train_loader)
+    train_batches = _batches(train_loader, cfg, rt)
+    # each process validates every world_size-th image, with that image's row of fixed noise
+    val_data = CachedImages(images, val_idx[rt.rank :: rt.world_size])
+    val_batches = _batches(make_loader(val_data, 256, shuffle=False), cfg, rt)
+    val_noise = noise_rows(len(val_idx), model_cfg.latent_dim, rt, torch.Generator().manual_seed(0))
+    steps_per_epoch = len(train_batches)
     total_steps = cfg.epochs * steps_per_epoch
 
     model = build_model(model_cfg)
     model.breeds = list(images.breeds)
+    if rt.world_size > 1 and model_cfg.norm == "batch":
+        if rt.device.type == "cuda":
+            # statistics over the global batch: the same math as one process, whatever N is
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif rt.main:
+            print(
+                "note: BatchNorm statistics are per process here (SyncBatchNorm needs CUDA), "
+                'so results depend a little on the number of processes; norm "group" does not',
+                file=sys.stderr,
+            )
+    state = _shared_by_main(rt, lambda: _read_last(run, model)) if cfg.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])  # every process starts from rank 0's checkpoint
     model.to(
         rt.device,
         memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format,
@@ -339,7 +535,9 @@ def train(cfg: TrainConfig) -> dict:
     )
     ema = (
         torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+            use_buffers=True,  # BatchNorm statistics follow the averaged weights
         )
         if cfg.ema_decay > 0
         else None
@@ -350,8 +548,7 @@ def train(cfg: TrainConfig) -> dict:
     )  # fmt: skip
 
     start_epoch, skip_batches, best_elbo, history = 0, 0, math.inf, {}
-    if cfg.resume:
-        state = checkpoint.load_last(run, model)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and "ema" in state:
@@ -363,14 +560,16 @@ def train(cfg: TrainConfig) -> dict:
         if rt.main:
             print(f"resuming {run} at epoch {start_epoch + 1}, batch {skip_batches}")
 
-    net = model
+    forward = NoisyForward(model)
     if rt.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
         )
+    if cfg.compile:
+        forward = torch.compile(forward)
     eval_model = ema.module if ema is not None else model
     log = RunLog(run, rt.main)
-    fixed = val_data.__getitems__(list(range(min(8, len(val_data)))))[0]
+    fixed = CachedImages(images, val_idx[:8]).__getitems__(list(range(min(8, len(val_idx)))))[0]
     if not history and rt.main:
         history["baselines"] = reconstruction_baselines(
             images.images[train_idx], images.images[val_idx], model_cfg.latent_dim
@@ -399,23 +598,33 @@ def train(cfg: TrainConfig) -> dict:
     with GracefulStop() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             set_epoch(train_loader, epoch)
-            batches = itertools.islice(train_loader, skip_batches, None)
+            batches = itertools.islice(train_batches, skip_batches, None)
             bar = tqdm(
                 batches, total=steps_per_epoch, initial=skip_batches, disable=not (cfg.progress and rt.main),
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
             )  # fmt: skip
-            sums = torch.zeros(3, dtype=torch.float64)
-            seen, t0 = 0, time.perf_counter()
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kl (x images), images
+            t0 = time.perf_counter()
             for i, (x, _) in enumerate(bar, start=skip_batches):
                 x = _to_device(x, rt)
                 beta = kl_weight(
                     model_cfg.beta, model_cfg.kl_warmup_epochs, epoch + i / steps_per_epoch
                 )
+                eps = noise_rows(cfg.batch_size, model_cfg.latent_dim, rt).to(rt.device)
                 with _autocast(rt):
-                    out = model.objective(x, *net(x), beta=beta)
-                if not torch.isfinite(out.total):
+                    out = model.objective(x, *forward(x, eps), beta=beta)
+                # one all-reduce: the step's loss over the global batch, and whether any
+                # process was asked to stop, so that all of them stop after the same step
+                step_sums = torch.cat([
+                    torch.stack([out.total, out.reconstruction, out.kl]).detach().double() * len(x),
+                    torch.tensor([len(x), stop.requested], dtype=torch.float64, device=rt.device),
+                ])  # fmt: skip
+                if rt.world_size > 1:
+                    dist.all_reduce(step_sums)
+                step_sums = step_sums.cpu()
+                if not math.isfinite(step_sums[0]):
                     raise TrainingError(
-                        f"the loss became {float(out.total.detach())} at epoch {epoch + 1}, batch {i + 1} "
+                        f"the loss became {float(step_sums[0] / step_sums[3])} at epoch {epoch + 1}, batch {i + 1} "
                         f"(lr {scheduler.get_last_lr()[0]:.2e}); the last good checkpoint in {run} "
                         "is kept. Try a lower --lr or --precision fp32."
                     )
@@ -428,20 +637,17 @@ def train(cfg: TrainConfig) -> dict:
                 if ema is not None:
                     ema.update_parameters(model)
                 step += 1
-                sums += torch.stack(
-                    [out.total.detach(), out.reconstruction.detach(), out.kl.detach()]
-                ).double().cpu() * len(x)
-                seen += len(x)
+                sums += step_sums[:4]
                 if i % 10 == 0 or i + 1 == steps_per_epoch:
-                    loss, recon, kl = (sums / seen).tolist()
-                    rate = seen * rt.world_size / (time.perf_counter() - t0)
+                    loss, recon, kl = (sums[:3] / sums[3]).tolist()
+                    rate = float(sums[3]) / (time.perf_counter() - t0)
                     bar.set_postfix(
                         loss=f"{loss:.1f}",
                         recon=f"{recon:.1f}",
                         kl=f"{kl:.1f}",
                         img_s=f"{rate:.0f}",
                     )
-                if stop.requested:
+                if step_sums[4] > 0:
                     save_last(epoch, i + 1)
                     if rt.main:
                         print(
@@ -455,31 +661,46 @@ def train(cfg: TrainConfig) -> dict:
             bar.close()
             skip_batches = 0
             epoch_seconds = time.perf_counter() - t0
-            loss, recon, kl = (sums / max(seen, 1)).tolist()
+            loss, recon, kl = (sums[:3] / max(float(sums[3]), 1)).tolist()
             record = {
                 "epoch": epoch + 1,
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
                 "beta": beta,
                 "seconds": epoch_seconds,
-                "images_per_s": seen * rt.world_size / epoch_seconds,
+                "images_per_s": float(sums[3]) / epoch_seconds,
                 "train": {"loss": loss, "recon": recon, "kl": kl},
             }
+            _share_buffers(rt, model, eval_model)
+            record["val"] = evaluate(eval_model, val_batches, val_noise, rt)
+            is_best = record["val"]["elbo"] < best_elbo
+            if is_best:
+                best_elbo = record["val"]["elbo"]
+                history["best"] = record
             if rt.main:
-                record["val"] = evaluate(eval_model, val_loader, rt)
                 log.epoch(record)
                 log.pictures(eval_model, fixed, epoch + 1, rt)
-                if record["val"]["elbo"] < best_elbo:
-                    best_elbo = record["val"]["elbo"]
-                    history["best"] = record
+                if is_best:
                     checkpoint.save_best(
                         run, eval_model, {**info, "epoch": epoch + 1, "metrics": record["val"]}
                     )
                 print(_epoch_line(record))
             save_last(epoch + 1, 0)
+            if on_epoch is not None:
+                on_epoch(record)
     log.close()
+    replicas = [weights_fingerprint(model)]
+    if rt.world_size > 1:
+        replicas = [None] * rt.world_size
+        dist.all_gather_object(replicas, weights_fingerprint(model))
     if not rt.main:
         return {}
+    if len(set(replicas)) > 1:
+        print(
+            "warning: the processes ended with different weights (a DDP bug or a non-deterministic "
+            f"layer); the checkpoints are rank 0's. Fingerprints: {replicas}",
+            file=sys.stderr,
+        )
     summary = {
         "epochs": cfg.epochs,
         "best_epoch": history["best"]["epoch"],
@@ -487,6 +708,8 @@ def train(cfg: TrainConfig) -> dict:
         "baselines": history["baselines"],
         "train_seconds_this_session": time.perf_counter() - started,
         "images_per_s": record.get("images_per_s"),
+        "world_size": rt.world_size,
+        "weights_sha256_per_rank": replicas,
     }
     write_json(run / "metrics.json", summary)
     print(quality_line(summary))
