@@ -1,0 +1,381 @@
+"""The latent store: every labelled image of a data set encoded once, kept beside the run.
+
+`RUN/latents.npz` holds, per image, the posterior mean and log-variance, the posterior mean of
+the mirrored image, the breed index, the id, whether the image is in the run's validation split,
+and the mean squared error of its reconstruction from the mean (the out-of-distribution scores
+need it). It records the sha256 of the weights and a key of the data set, so a store made by
+other weights or from other images is never reused: `open_store` rebuilds it.
+
+Breed-level questions use `codes`, the average of an image's mean and its mirror's mean. A
+dog's breed does not depend on which way it faces, but its code does: training flips images at
+random, and the codes of each breed form two clusters, one per facing. On the synthetic breeds
+(small64, 40 epochs) the facing-invariant codes lift validation breed accuracy of a logistic
+probe from 97.5% to 99.2%, and mutts with both parents in the top 2 from 38% to 49%.
+
+Breed centroids and covariances come from the training rows only, so validation figures
+computed from the store stay honest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dogvae.atomic import atomic_path
+from dogvae.errors import DataError, DogvaeError
+from dogvae.metrics import mse_per_image
+from dogvae.model import BaseVAE
+
+STORE_FILE = "latents.npz"
+STORE_FORMAT = "dogvae-latents/2"
+ENCODE_BATCH = 256
+
+
+@dataclass
+class LatentStore:
+    """Posterior statistics of a labelled data set under one model, one row per image."""
+
+    mu: np.ndarray  # (N, D) float32 posterior means
+    logvar: np.ndarray  # (N, D) float32 posterior log-variances
+    mu_mirror: np.ndarray  # (N, D) float32 posterior means of the left-right mirrored images
+    labels: np.ndarray  # (N,) int64 index into `breeds`
+    ids: np.ndarray  # (N,) str image ids
+    is_val: np.ndarray  # (N,) bool: in the run's validation split
+    recon_mse: np.ndarray  # (N,) float32 MSE of decode(mu) against the image, pixels in [0, 1]
+    breeds: list[str]
+    weights_sha256: str  # the weights that encoded it
+    data_key: str  # the image set it was encoded from (see `data_fingerprint`)
+    data: str = ""  # the data folder it was encoded from
+    encoded: bool = False  # encoded by this call rather than read back (not saved)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.mu.shape[1]
+
+    @cached_property
+    def codes(self) -> np.ndarray:
+        """(N, D) facing-invariant codes: what breed-level questions compare."""
+        return facing_invariant(self.mu, self.mu_mirror)
+
+    @cached_property
+    def kl_rate(self) -> np.ndarray:
+        return kl_rate(self.mu, self.logvar)
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.is_val)
+
+    @property
+    def val_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.is_val)
+
+    def summary(self) -> dict:
+        return {
+            "n_images": len(self),
+            "n_val": int(self.is_val.sum()),
+            "n_breeds": len(self.breeds),
+            "latent_dim": self.latent_dim,
+            "data": self.data,
+            "encoded": self.encoded,
+        }
+
+    def centroids(self) -> np.ndarray:
+        """(B, D) mean code of each breed over the training split."""
+        rows = self.train_rows
+        return breed_centroids(self.codes[rows], self.labels[rows], len(self.breeds))
+
+    def pooled_covariance(self) -> np.ndarray:
+        """(D, D) within-breed covariance of the training codes, Ledoit-Wolf shrunk."""
+        rows = self.train_rows
+        return pooled_within_covariance(self.codes[rows], self.labels[rows], len(self.breeds))
+
+    def breed_covariance(self, breed: int, diagonal: bool = False) -> np.ndarray:
+        """(D, D) spread of latent codes around one breed's centroid (training split).
+
+        It is the covariance of the breed's posterior means (of both facings, so samples face
+        both ways) plus their mean posterior variance: the covariance of z drawn from the
+        breed's images' posteriors. Shrunk (Ledoit-Wolf) since a breed may have fewer images
+        than latent dimensions.
+        """
+        rows = self.train_rows[self.labels[self.train_rows] == breed]
+        if len(rows) == 0:
+            raise DogvaeError(f"breed {self.breeds[breed]!r} has no training images in the store")
+        noise = np.exp(self.logvar[rows]).mean(0)
+        both = np.concatenate([self.mu[rows], self.mu_mirror[rows]])
+        if diagonal:
+            return np.diag(both.var(0) + noise)
+        return shrunk_covariance(both - both.mean(0)) + np.diag(noise)
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {
+            "format": np.array(STORE_FORMAT),
+            "mu": self.mu,
+            "logvar": self.logvar,
+            "mu_mirror": self.mu_mirror,
+            "labels": self.labels,
+            "ids": self.ids.astype(str),
+            "is_val": self.is_val,
+            "recon_mse": self.recon_mse,
+            "breeds": np.array(self.breeds, dtype=str),
+            "weights_sha256": np.array(self.weights_sha256),
+            "data_key": np.array(self.data_key),
+            "data": np.array(self.data),
+        }
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentStore:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if str(f["format"]) != STORE_FORMAT:
+                    raise DogvaeError(f"{path}: unknown latent store format {str(f['format'])!r}")
+                return cls(
+                    mu=f["mu"],
+                    logvar=f["logvar"],
+                    mu_mirror=f["mu_mirror"],
+                    labels=f["labels"].astype(np.int64),
+                    ids=f["ids"],
+                    is_val=f["is_val"].astype(bool),
+                    recon_mse=f["recon_mse"],
+                    breeds=[str(b) for b in f["breeds"]],
+                    weights_sha256=str(f["weights_sha256"]),
+                    data_key=str(f["data_key"]),
+                    data=str(f["data"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise DogvaeError(f"{path} is not a readable latent store ({exc})") from exc
+
+
+def facing_invariant(mu: np.ndarray, mu_mirror: np.ndarray) -> np.ndarray:
+    return (mu + mu_mirror) / 2
+
+
+def kl_rate(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(q(z|x) || N(0, I)) of each row, in nats: what the encoder says about the image."""
+    mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
+    return 0.5 * (np.exp(logvar) + mu**2 - 1.0 - logvar).sum(1)
+
+
+def breed_centroids(mu: np.ndarray, labels: np.ndarray, n_breeds: int) -> np.ndarray:
+    """(B, D) mean of `mu` per breed; a breed with no rows gets NaN."""
+    sums = np.zeros((n_breeds, mu.shape[1]), np.float64)
+    np.add.at(sums, labels, mu)
+    counts = np.bincount(labels, minlength=n_breeds).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None]
+
+
+def shrunk_covariance(centred: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf covariance of rows already centred on their mean."""
+    from sklearn.covariance import ledoit_wolf
+
+    return ledoit_wolf(centred, assume_centered=True)[0]
+
+
+def pooled_within_covariance(mu: np.ndarray, labels: np.ndarray, n_breeds: int) -> np.ndarray:
+    """Covariance of each code around its own breed's centroid, pooled over breeds."""
+    centroids = breed_centroids(mu, labels, n_breeds)
+    return shrunk_covariance(mu - centroids[labels])
+
+
+def whitening_matrix(covariance: np.ndarray) -> np.ndarray:
+    """A (D, D) matrix W with `x @ W` of identity covariance: Euclidean distances between
+    whitened codes are Mahalanobis distances under `covariance`."""
+    from scipy.linalg import solve_triangular
+
+    lower = np.linalg.cholesky(np.asarray(covariance, np.float64))
+    return solve_triangular(lower, np.eye(len(lower)), lower=True).T
+
+
+# --- building the store ------------------------------------------------------------------
+
+
+def weights_fingerprint(model: BaseVAE) -> str:
+    """The sha256 of the run's weights file, or of the tensors for a model never saved."""
+    recorded = getattr(model, "info", {}).get("weights", {}).get("sha256")
+    if recorded:
+        return recorded
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(images, crop: str) -> str:
+    """The image set's cache key (files, sizes, mtimes, labels, size, crop) when it was loaded
+    from the cache, else a hash of what it holds."""
+    cache_path = getattr(images, "cache_path", None)
+    if cache_path:
+        return Path(cache_path).stem
+    digest = hashlib.sha256()
+    digest.update(f"{images.images.shape}|{crop}".encode())
+    digest.update("\n".join(map(str, images.ids)).encode())
+    digest.update(np.asarray(images.labels, np.int64).tobytes())
+    digest.update("\n".join(images.breeds).encode())
+    return digest.hexdigest()
+
+
+def _run_setting(model: BaseVAE, name: str, default):
+    value = getattr(model, "info", {}).get("train", {}).get(name)
+    return default if value is None else value
+
+
+def load_dataset(model: BaseVAE, data_dir: str | Path, progress: bool = True):
+    """The data set decoded as the run saw it (its image size, crop and cache folder)."""
+    from dogvae.data.cache import load_images
+
+    return load_images(
+        data_dir,
+        model.config.image_size,
+        crop=_run_setting(model, "crop", "center"),
+        cache_dir=_run_setting(model, "cache_dir", None),
+        progress=progress,
+    )
+
+
+def validation_mask(model: BaseVAE, labels: np.ndarray) -> np.ndarray:
+    """The run's own validation rows: the split `train` made, from its fraction and seed."""
+    from dogvae.data.split import stratified_split
+
+    _, val_idx = stratified_split(
+        labels, _run_setting(model, "val_fraction", 0.1), _run_setting(model, "seed", 0)
+    )
+    mask = np.zeros(len(labels), bool)
+    mask[np.asarray(val_idx, np.int64)] = True
+    return mask
+
+
+def to_batch(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1], as the model takes them."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass
+class Encoded:
+    """Images through the encoder: posterior means and log-variances, the means of the
+    mirrored images, and the MSE of each image's reconstruction from its mean."""
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    mu_mirror: np.ndarray
+    recon_mse: np.ndarray
+
+    @property
+    def codes(self) -> np.ndarray:
+        return facing_invariant(self.mu, self.mu_mirror)
+
+    @property
+    def kl_rate(self) -> np.ndarray:
+        return kl_rate(self.mu, self.logvar)
+
+
+@torch.no_grad()
+def encode_images(
+    model: BaseVAE,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    batch_size: int = ENCODE_BATCH,
+    progress: bool = False,
+) -> Encoded:
+    """uint8 (N, H, W, 3) images (those at `rows`, else all) through the encoder, a batch at a
+    time, so a memory-mapped cache is never loaded whole."""
+    device = next(model.parameters()).device
+    model.eval()
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
+    if len(rows) == 0:
+        raise DogvaeError("no images to encode")
+    parts: dict[str, list[torch.Tensor]] = {"mu": [], "logvar": [], "mu_mirror": [], "mse": []}
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, disable=not progress, desc="encoding", unit="batch", file=sys.stderr):
+        x = to_batch(images[rows[start : start + batch_size]], device)
+        mu, logvar = model.encode(x)
+        parts["mu"].append(mu)
+        parts["logvar"].append(logvar)
+        parts["mu_mirror"].append(model.encode(x.flip(3))[0])
+        parts["mse"].append(mse_per_image(model.decode(mu), x))
+    arrays = {name: torch.cat(values).float().cpu().numpy() for name, values in parts.items()}
+    return Encoded(arrays["mu"], arrays["logvar"], arrays["mu_mirror"], arrays["mse"])
+
+
+def encode_dataset(
+    model: BaseVAE, data_dir: str | Path, progress: bool = True, images=None
+) -> LatentStore:
+    """Encode every labelled image of `data_dir` once (posterior mean, never a sample)."""
+    images = images if images is not None else load_dataset(model, data_dir, progress)
+    labels = np.asarray(images.labels, np.int64)
+    is_val = validation_mask(model, labels)
+    labelled = np.flatnonzero(labels >= 0)
+    if len(labelled) == 0:
+        raise DataError(f"{data_dir} holds no labelled images to encode")
+    encoded = encode_images(model, images.images, labelled, progress=progress)
+    return LatentStore(
+        mu=encoded.mu,
+        logvar=encoded.logvar,
+        mu_mirror=encoded.mu_mirror,
+        labels=labels[labelled],
+        ids=np.asarray([str(images.ids[i]) for i in labelled]),
+        is_val=is_val[labelled],
+        recon_mse=encoded.recon_mse,
+        breeds=list(images.breeds),
+        weights_sha256=weights_fingerprint(model),
+        data_key=data_fingerprint(images, _run_setting(model, "crop", "center")),
+        data=str(data_dir),
+        encoded=True,
+    )
+
+
+def open_store(
+    model: BaseVAE,
+    run: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> LatentStore:
+    """The run's latent store, encoded now if missing or made by other weights or data.
+
+    `data_dir` defaults to the data the run was trained on. When that folder is gone, a store
+    made by these same weights is used as it is (it cannot be checked against the images).
+    """
+    path = Path(run) / STORE_FILE
+    data_dir = Path(data_dir or _run_setting(model, "data", ""))
+    if not str(data_dir) or not data_dir.is_dir():
+        return _store_without_data(model, path, data_dir)
+    images = load_dataset(model, data_dir, progress)
+    data_key = data_fingerprint(images, _run_setting(model, "crop", "center"))
+    if path.exists() and not rebuild:
+        with contextlib.suppress(DogvaeError):  # an older or damaged store is rebuilt
+            store = LatentStore.load(path)
+            if (store.weights_sha256, store.data_key) == (weights_fingerprint(model), data_key):
+                return store
+    store = encode_dataset(model, data_dir, progress=progress, images=images)
+    store.save(path)
+    return store
+
+
+def _store_without_data(model: BaseVAE, path: Path, data_dir: Path) -> LatentStore:
+    where = f"the data folder {data_dir}" if str(data_dir) else "no data folder"
+    if not path.exists():
+        raise DataError(f"{where} cannot be read and {path} does not exist: pass --data")
+    store = LatentStore.load(path)
+    if store.weights_sha256 != weights_fingerprint(model):
+        raise DataError(
+            f"{path} was made by other weights and {where} cannot be read to rebuild it: "
+            "pass --data"
+        )
+    return store

@@ -1,0 +1,32 @@
+"""The latent tasks: what users train a dogvae model for.
+
+Each task is a library function taking a loaded model (`dogvae.checkpoint.load`) and, where it
+needs the training dogs, the run's latent store (`dogvae.latents.open_store`); each returns a
+JSON-ready dict and, given `out`, writes a picture.
+
+- `reconstruct_photos`: originals beside reconstructions, with PSNR;
+- `mix`: the strip, single mix or four-corner grid between photos and breeds;
+- `ancestry`: the breed shares that best explain a dog (`evaluate_ancestry` on known mutts);
+- `identify`: the breed with calibrated probabilities, or "unlike any training dog";
+- `cluster_latents`: k-means and Gaussian-mixture clusters against breeds, and a 2-D map;
+- `sample_dogs`: new dogs from the prior or around a breed.
+"""
+
+from dogvae.tasks.ancestry import ancestry, evaluate_ancestry, explain
+from dogvae.tasks.clusters import cluster_latents
+from dogvae.tasks.identify import evaluate_identify, identify
+from dogvae.tasks.mixing import mix
+from dogvae.tasks.reconstruct import reconstruct_photos
+from dogvae.tasks.sample import sample_dogs
+
+__all__ = [
+    "ancestry",
+    "cluster_latents",
+    "evaluate_ancestry",
+    "evaluate_identify",
+    "explain",
+    "identify",
+    "mix",
+    "reconstruct_photos",
+    "sample_dogs",
+]

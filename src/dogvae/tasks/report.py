@@ -1,0 +1,126 @@
+"""The latent tasks' results as the few lines of text a person reads (`--json` prints the dicts)."""
+
+from __future__ import annotations
+
+
+def _share(value) -> str:
+    """A fraction as a percentage, or n/a when there was nothing to measure it on."""
+    return "n/a" if value is None or value != value else f"{value:.1%}"
+
+
+def _picture(result: dict) -> list[str]:
+    return [f"picture: {result['picture']}"] if result.get("picture") else []
+
+
+def format_store(summary: dict) -> str:
+    verb = "encoded" if summary["encoded"] else "reused"
+    return (
+        f"{verb} {summary['path']}: {summary['n_images']} images of {summary['n_breeds']} breeds "
+        f"({summary['n_val']} in the validation split), {summary['latent_dim']} latent dims"
+    )
+
+
+def format_reconstruction(result: dict) -> str:
+    lines = [f"{r['psnr']:6.2f} dB  {r['image']}" for r in result["images"]]
+    lines.append(f"{result['mean_psnr']:6.2f} dB  mean")
+    return "\n".join(lines + _picture(result))
+
+
+def format_mix(result: dict) -> str:
+    ends = " -> ".join(result["ends"])
+    return f"{result['mode']} ({result['method']}, {result['n_images']} images): {ends}\n" + (
+        "\n".join(_picture(result))
+    )
+
+
+def _novelty_line(novelty: dict) -> str:
+    return (
+        f"novelty {novelty['score']:.2f} (flagged above {novelty['threshold']:.2f}); against the "
+        f"oddest 1% of validation dogs: latent distance x{novelty['latent_distance_ratio']:.2f}, "
+        f"reconstruction error x{novelty['reconstruction_error_ratio']:.2f}, "
+        f"KL rate x{novelty['kl_rate_ratio']:.2f}"
+    )
+
+
+def format_identify(result: dict) -> str:
+    novelty = result["novelty"]
+    if novelty["unlike_training_dogs"]:
+        head = f"{result['image']}: unlike any training dog; no breed named"
+        ranked = "  nearest breeds, for what it is worth:"
+    else:
+        head = f"{result['image']}: {result['breed']}"
+        ranked = "  top breeds:"
+    lines = [head, "  " + _novelty_line(novelty), ranked]
+    lines += [f"    {t['probability']:7.2%}  {t['breed']}" for t in result["top"]]
+    probe = result["probe"]
+    lines.append(
+        f"  probe: {probe['chosen']} (validation top-1 k-NN {_share(probe['knn']['top1'])}, "
+        f"logistic {_share(probe['logistic']['top1'])}; chance {probe['chance_top1']:.1%})"
+    )
+    return "\n".join(lines + _picture(result))
+
+
+def format_identify_evaluation(report: dict) -> str:
+    lines = [
+        f"validation split: {report['n_val']} images, {report['n_train']} to train the probes",
+        f"{'probe':10} {'top-1':>7} {'top-5':>7}",
+    ]
+    for kind in ("knn", "logistic"):
+        lines.append(
+            f"{kind:10} {_share(report[kind]['top1']):>7} {_share(report[kind]['top5']):>7}"
+        )
+    lines.append(f"{'chance':10} {report['chance_top1']:7.1%} {report['chance_top5']:7.1%}")
+    lines.append(
+        f"chosen: {report['chosen']}, temperature {report['temperature']:.2f} "
+        f"(expected calibration error {_share(report['ece_before'])} -> "
+        f"{_share(report['ece_after'])})"
+    )
+    lines.append(f"validation dogs flagged as unlike: {_share(report['val_flagged_as_unlike'])}")
+    return "\n".join(lines)
+
+
+def format_ancestry(result: dict) -> str:
+    novelty = result["novelty"]
+    verdict = (
+        " (unlike any training dog: shares are a guess)" if novelty["unlike_training_dogs"] else ""
+    )
+    lines = [f"{result['image']}{verdict}"]
+    lines += [f"  {p['share']:6.1%}  {p['breed']}" for p in result["parents"]]
+    lines.append("  ranked: " + ", ".join(result["ranking"]))
+    lines.append("  " + _novelty_line(novelty))
+    return "\n".join(lines + _picture(result))
+
+
+def format_ancestry_evaluation(report: dict) -> str:
+    lines = [
+        f"{report['n_mutts']} mutts, {report['n_breeds']} breeds (penalty {report['penalty']:.2f} per extra parent)",
+        f"{'method':18} {'top-2':>7} {'top-3':>7} {'share err':>10}",
+    ]
+    for name in ("ancestry", "nearest_centroid"):
+        r = report[name]
+        lines.append(
+            f"{name:18} {r['both_parents_top2']:7.1%} {r['both_parents_top3']:7.1%} "
+            f"{r['share_error']:10.3f}"
+        )
+    lines.append(f"chance of both parents in the top 2: {report['chance_both_parents_top2']:.1%}")
+    lines.append(
+        f"parents per mutt {report['mean_parents_per_mutt']:.2f}; held-out purebreds "
+        f"explained as their one breed: {_share(report['purebreds_as_one_breed'])}"
+    )
+    return "\n".join(lines)
+
+
+def format_clusters(result: dict) -> str:
+    lines = [f"{result['n_images']} images, k = {result['n_breeds']} breeds"]
+    lines.append(f"{'method':18} {'NMI':>6} {'ARI':>6} {'purity':>7}")
+    for name in ("kmeans", "gaussian_mixture"):
+        r = result[name]
+        lines.append(f"{name:18} {r['nmi']:6.3f} {r['ari']:6.3f} {r['purity']:7.1%}")
+    return "\n".join(lines + _picture(result))
+
+
+def format_sample(result: dict) -> str:
+    return (
+        f"{result['n']} dogs from the {result['source']} (temperature {result['temperature']}, "
+        f"seed {result['seed']})\n" + "\n".join(_picture(result))
+    )

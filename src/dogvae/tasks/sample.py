@@ -1,0 +1,60 @@
+"""New dogs: codes drawn from the prior, or from a breed's spread around its centroid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dogvae.errors import DogvaeError
+from dogvae.latents import LatentStore
+from dogvae.model import BaseVAE
+from dogvae.pictures import image_grid, save_png
+from dogvae.tasks.inputs import find_breed
+from dogvae.tasks.mixing import decode_codes
+
+
+def breed_codes(
+    store: LatentStore, breed: int, n: int, temperature: float, rng: np.random.Generator
+) -> np.ndarray:
+    """n codes from N(centroid, temperature^2 * the breed's covariance)."""
+    covariance = store.breed_covariance(breed)
+    lower = np.linalg.cholesky(covariance + 1e-9 * np.eye(len(covariance)))
+    noise = rng.standard_normal((n, len(covariance)))
+    return store.centroids()[breed] + temperature * noise @ lower.T
+
+
+def sample_dogs(
+    model: BaseVAE,
+    out: str | Path,
+    *,
+    n: int = 16,
+    breed: str | None = None,
+    store: LatentStore | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """Decode `n` codes drawn with `seed`: from the prior N(0, temperature^2 I), or around a
+    breed (its centroid and covariance in the latent store); write them as a grid."""
+    if n < 1:
+        raise DogvaeError("--n must be at least 1")
+    if temperature < 0:
+        raise DogvaeError("--temperature must be 0 or more")
+    rng = np.random.default_rng(seed)
+    if breed is None:
+        codes = temperature * rng.standard_normal((n, model.config.latent_dim))
+        source = "prior"
+    else:
+        index = find_breed(breed, store.breeds)
+        codes = breed_codes(store, index, n, temperature, rng)
+        source = store.breeds[index]
+    images = decode_codes(model, codes)
+    ncols = int(np.ceil(np.sqrt(n)))
+    scale = max(1, 96 // model.config.image_size)
+    return {
+        "source": source,
+        "n": n,
+        "temperature": temperature,
+        "seed": seed,
+        "picture": str(save_png(image_grid(images, ncols=ncols, scale=scale), out)),
+    }

@@ -1,0 +1,253 @@
+"""The latent tasks on a tiny model trained once per session: pictures, JSON, seeds, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image, ImageDraw
+
+from dogvae import checkpoint
+from dogvae.cli import main
+from dogvae.latents import open_store
+from dogvae.synth import synthesize
+from dogvae.tasks import (
+    ancestry,
+    cluster_latents,
+    evaluate_ancestry,
+    evaluate_identify,
+    identify,
+    mix,
+    reconstruct_photos,
+    sample_dogs,
+)
+from dogvae.tasks.identify import PROBE_FILE
+from dogvae.train import TrainConfig, train
+
+TINY_MODEL = {
+    "image_size": 32,
+    "latent_dim": 8,
+    "enc_widths": [8, 16, 16],
+    "dec_widths": [16, 8, 8],
+    "dec_start_channels": 16,
+}
+BREEDS = 4
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """4 synthetic breeds x 40 dogs and 12 mutts at 32 px; a tiny VAE trained 6 epochs."""
+    data = tmp_path_factory.mktemp("tasks-synth")
+    synthesize(data, breeds=BREEDS, per_breed=40, size=32, mutts=12, seed=1, progress=False)
+    run = tmp_path_factory.mktemp("tasks") / "run"
+    train(
+        TrainConfig(
+            data=str(data), out=str(run), epochs=6, batch_size=16, lr=3e-3, warmup_steps=5,
+            progress=False, model_overrides=dict(TINY_MODEL),
+        )
+    )  # fmt: skip
+    return run, data
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_run):
+    run, _ = tiny_run
+    model = checkpoint.load(run)
+    return model, open_store(model, run, progress=False)
+
+
+@pytest.fixture(scope="session")
+def photos(tiny_run, tmp_path_factory):
+    """Photos as users have them: RGBA PNG, WebP named .jpeg, EXIF-rotated, odd sizes."""
+    _, data = tiny_run
+    folder = tmp_path_factory.mktemp("photos")
+    dog = Image.open(next((data / "mutts").iterdir())).convert("RGB").resize((90, 61))
+    rgba = dog.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(folder / "alpha.png")
+    dog.save(folder / "webp.jpeg", format="WEBP")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    dog.save(folder / "rotated.jpg", exif=exif)
+    (folder / "notes.jpg").write_text("not an image at all")
+    return folder
+
+
+def diagram(path):
+    """A diagram: white page, boxes, arrows and text, as unlike a dog as a picture gets."""
+    page = Image.new("RGB", (200, 120), "white")
+    draw = ImageDraw.Draw(page)
+    for left in (10, 80, 150):
+        draw.rectangle([left, 40, left + 40, 80], outline="black", width=2)
+        draw.text((left + 4, 55), "z=mu", fill="black")
+    draw.line([50, 60, 80, 60], fill="black", width=2)
+    draw.line([120, 60, 150, 60], fill="black", width=2)
+    page.save(path)
+    return path
+
+
+def png_size(path):
+    with Image.open(path) as img:
+        return img.size
+
+
+def test_reconstruct_writes_pairs_and_psnr_for_any_photo_format(loaded, photos, tmp_path):
+    model, _ = loaded
+    inputs = [photos / "alpha.png", photos / "webp.jpeg", photos / "rotated.jpg"]
+    result = reconstruct_photos(model, inputs, tmp_path / "recon.png")
+    assert set(result) == {"images", "mean_psnr", "picture"}
+    assert [r["image"] for r in result["images"]] == [str(p) for p in inputs]
+    assert all(5 < r["psnr"] < 60 for r in result["images"])
+    width, height = png_size(tmp_path / "recon.png")
+    assert width < height  # two columns, one row per photo
+
+
+def test_mix_strip_single_and_grid_are_deterministic(loaded, tiny_run, tmp_path):
+    model, store = loaded
+    mutt = str(next((tiny_run[1] / "mutts").iterdir()))
+    a, b = store.breeds[0], store.breeds[1].replace("_", " ").upper()  # names match loosely
+    strip = mix(model, store, a, mutt, tmp_path / "strip.png", steps=5)
+    assert strip["n_images"] == 5 and strip["kinds"] == ["breed centroid", "photo"]
+    again = mix(model, store, a, mutt, tmp_path / "again.png", steps=5)
+    assert (tmp_path / "strip.png").read_bytes() == (tmp_path / "again.png").read_bytes()
+    assert again["picture"] == str(tmp_path / "again.png")
+    single = mix(model, store, a, b, tmp_path / "single.png", t=0.5, method="slerp")
+    assert single["n_images"] == 1 and single["mode"] == "single"
+    grid = mix(model, store, a, b, tmp_path / "grid.png", steps=3, grid=(mutt, store.breeds[2]))
+    assert grid["n_images"] == 9 and grid["mode"] == "grid"
+    medoid = mix(model, store, a, b, tmp_path / "m.png", steps=2, breed_as="medoid")
+    assert medoid["kinds"] == ["breed medoid", "breed medoid"]
+
+
+def test_ancestry_gives_shares_that_sum_to_one_and_a_picture(loaded, tiny_run, tmp_path):
+    model, store = loaded
+    mutt = next((tiny_run[1] / "mutts").iterdir())
+    result = ancestry(model, store, mutt, top=3, out=tmp_path / "ancestry.png")
+    assert set(result) == {"image", "parents", "ranking", "residual", "novelty", "picture"}
+    assert 1 <= len(result["parents"]) <= 3
+    assert sum(p["share"] for p in result["parents"]) == pytest.approx(1.0, abs=1e-3)
+    assert len(result["ranking"]) == 3 and set(result["ranking"]) <= set(store.breeds)
+    assert (tmp_path / "ancestry.png").is_file()
+    assert ancestry(model, store, mutt)["parents"] == result["parents"]
+
+
+def test_ancestry_evaluation_reports_recovery_against_nearest_centroid(loaded, tiny_run):
+    model, store = loaded
+    report = evaluate_ancestry(model, store, tiny_run[1])
+    assert report["n_mutts"] == 12 and report["n_breeds"] == BREEDS
+    for method in ("ancestry", "nearest_centroid"):
+        assert set(report[method]) == {"both_parents_top2", "both_parents_top3", "share_error"}
+        assert 0 <= report[method]["share_error"] <= 1
+    assert 0 <= report["purebreds_as_one_breed"] <= 1
+
+
+def test_identify_probabilities_sum_to_one_and_the_probe_is_kept(loaded, tiny_run, tmp_path):
+    model, store = loaded
+    run, data = tiny_run
+    dog = data / "train" / f"{store.ids[store.val_rows[0]]}.jpg"
+    result = identify(model, store, dog, top=BREEDS, run=run, out=tmp_path / "id.png")
+    assert set(result) == {"image", "breed", "top", "novelty", "probe", "picture"}
+    assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0)
+    assert [t["breed"] for t in result["top"]] != [] and (run / PROBE_FILE).is_file()
+    assert set(result["probe"]) >= {"knn", "logistic", "chosen", "temperature", "chance_top1"}
+    kept = (run / PROBE_FILE).stat().st_mtime_ns
+    assert identify(model, store, dog, top=2, run=run)["top"] == result["top"][:2]
+    assert (run / PROBE_FILE).stat().st_mtime_ns == kept
+    report = evaluate_identify(store, run)
+    assert 0 <= report["logistic"]["top1"] <= 1 and 0 <= report["val_flagged_as_unlike"] <= 1
+
+
+def test_a_diagram_is_flagged_as_unlike_any_training_dog(loaded, tmp_path):
+    model, store = loaded
+    page = diagram(tmp_path / "diagram.png")
+    named = identify(model, store, page)
+    assert named["novelty"]["unlike_training_dogs"] and named["breed"] is None
+    assert ancestry(model, store, page)["novelty"]["unlike_training_dogs"]
+
+
+def test_clusters_score_against_breeds_and_draw_a_map(loaded, tmp_path):
+    _, store = loaded
+    result = cluster_latents(store, tmp_path / "map.png", seed=0)
+    for method in ("kmeans", "gaussian_mixture"):
+        assert set(result[method]) == {"nmi", "ari", "purity"}
+        assert 0 <= result[method]["nmi"] <= 1 and 0 < result[method]["purity"] <= 1
+    assert png_size(tmp_path / "map.png")[0] == 2 * 480
+    assert cluster_latents(store, seed=0)["kmeans"] == result["kmeans"]
+
+
+def test_sample_is_deterministic_with_a_seed(loaded, tmp_path):
+    model, store = loaded
+    first = sample_dogs(model, tmp_path / "a.png", n=6, seed=3)
+    sample_dogs(model, tmp_path / "b.png", n=6, seed=3)
+    sample_dogs(model, tmp_path / "c.png", n=6, seed=4)
+    assert first["source"] == "prior"
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+    breed = sample_dogs(model, tmp_path / "d.png", n=4, breed=store.breeds[1], store=store)
+    assert breed["source"] == store.breeds[1]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_prints_json(tiny_run, photos, tmp_path, capsys):
+    run, data = tiny_run
+    mutt = next((data / "mutts").iterdir())
+    commands = {
+        ("encode", run): {"n_images", "n_val", "encoded"},
+        ("reconstruct", run, photos / "alpha.png", "--out", tmp_path / "r.png"): {"mean_psnr"},
+        ("mix", run, mutt, photos / "webp.jpeg", "--out", tmp_path / "m.png"): {"ends"},
+        ("ancestry", run, mutt, "--out", tmp_path / "a.png"): {"parents", "novelty"},
+        ("ancestry", run, "--eval-mutts", data): {"ancestry", "nearest_centroid"},
+        ("identify", run, mutt, "--top", "2"): {"breed", "top", "novelty", "probe"},
+        ("identify", run, "--eval"): {"knn", "logistic", "chosen"},
+        ("clusters", run, "--no-map"): {"kmeans", "gaussian_mixture"},
+        ("sample", run, "--n", "4", "--out", tmp_path / "s.png"): {"source", "picture"},
+    }
+    for argv, keys in commands.items():
+        code, out, err = run_cli(capsys, *argv, "--json")
+        assert code == 0, (argv, err)
+        assert keys <= set(json.loads(out)), argv
+
+
+def test_commands_print_text_by_default(tiny_run, capsys):
+    run, data = tiny_run
+    code, out, _ = run_cli(capsys, "identify", run, next((data / "mutts").iterdir()))
+    assert code == 0 and "probe:" in out and "novelty" in out
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        ("reconstruct {run} {missing} --out {tmp}/r.png", "no such file"),
+        ("identify {run} {photos}/notes.jpg", "not_an_image"),
+        ("mix {run} amber_teriér {breed} --out {tmp}/m.png", "unknown breed"),
+        ("sample {run} --breed dingo --out {tmp}/s.png", "unknown breed"),
+        ("mix {run} {breed} {breed} --t 0.5 --grid {breed} {breed} --out {tmp}/m.png", "choose"),
+        ("ancestry {empty} {photos}/alpha.png", "no trained dogvae model"),
+        ("clusters {tmp}/nowhere", "no such run folder"),
+        ("ancestry {run}", "either an image or --eval-mutts"),
+    ],
+)
+def test_bad_inputs_give_one_error_line_and_exit_2(
+    tiny_run, loaded, photos, tmp_path, capsys, command, message
+):
+    (tmp_path / "empty").mkdir()
+    values = {
+        "run": tiny_run[0], "missing": tmp_path / "gone.jpg", "tmp": tmp_path, "photos": photos,
+        "empty": tmp_path / "empty", "breed": loaded[1].breeds[0],
+    }  # fmt: skip
+    code, out, err = run_cli(capsys, *command.format(**values).split())
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("dogvae: error: ") and message in err
+    assert "Traceback" not in err + out
+
+
+def test_unknown_breed_error_lists_close_matches(tiny_run, loaded, tmp_path, capsys):
+    breed = loaded[1].breeds[0]
+    typo = breed[:-1] + ("x" if breed[-1] != "x" else "y")
+    code, _, err = run_cli(capsys, "mix", tiny_run[0], typo, breed, "--out", tmp_path / "m.png")
+    assert code == 2 and f"did you mean {breed}" in err
