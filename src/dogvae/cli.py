@@ -63,6 +63,8 @@ def _train_config(args):
     for name in ("preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if args.compile:
+        values["compile"] = True
     values.update(
         data=str(args.data),
         out=str(args.out),
@@ -77,7 +79,7 @@ def cmd_train(args) -> int:
     from dogvae.train import train
 
     summary = train(_train_config(args))
-    if args.json:
+    if args.json and summary:  # under torchrun only rank 0 returns a summary
         _print_json(summary)
     return 0
 
@@ -87,6 +89,224 @@ def cmd_demo(args) -> int:
 
     run_demo(args.out, epochs=args.epochs)
     return 0
+
+
+def cmd_tune(args) -> int:
+    from dogvae.tune import tune
+
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    if args.presets:
+        base.setdefault("search", {})["preset"] = args.presets.split(",")
+    result = tune(
+        args.data, args.out, trials=args.trials, storage=args.storage, study_name=args.study,
+        timeout=args.timeout, epochs=args.epochs, metric=args.metric, base=base, seed=args.seed,
+    )  # fmt: skip
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+# --- latent tasks ---------------------------------------------------------------------------
+
+
+def _open_model(args):
+    from dogvae.checkpoint import load
+
+    return load(args.run)
+
+
+def _open_store(args, model):
+    from dogvae.latents import open_store
+
+    return open_store(model, args.run, args.data, progress=not args.json)
+
+
+def _emit(args, result: dict, format_text) -> int:
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_text(result))
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from dogvae.latents import STORE_FILE, open_store
+    from dogvae.tasks.report import format_store
+
+    model = _open_model(args)
+    store = open_store(model, args.run, args.data, rebuild=args.rebuild, progress=not args.json)
+    return _emit(args, {"path": str(args.run / STORE_FILE), **store.summary()}, format_store)
+
+
+def cmd_reconstruct(args) -> int:
+    from dogvae.tasks import reconstruct_photos
+    from dogvae.tasks.report import format_reconstruction
+
+    result = reconstruct_photos(_open_model(args), args.images, args.out)
+    return _emit(args, result, format_reconstruction)
+
+
+def cmd_mix(args) -> int:
+    from dogvae.tasks.mixing import breed_ends, check_mix_options, mix
+    from dogvae.tasks.report import format_mix
+
+    check_mix_options(args.steps, args.method, args.t, args.grid)
+    model = _open_model(args)
+    ends = [args.a, args.b, *(args.grid or [])]
+    store = _open_store(args, model) if breed_ends(model, ends) else None
+    result = mix(
+        model, store, args.a, args.b, args.out, steps=args.steps, method=args.method, t=args.t,
+        grid=tuple(args.grid) if args.grid else None, breed_as=args.breed_as,
+    )  # fmt: skip
+    return _emit(args, result, format_mix)
+
+
+def cmd_ancestry(args) -> int:
+    from dogvae.tasks import ancestry, evaluate_ancestry
+    from dogvae.tasks.inputs import read_photos
+    from dogvae.tasks.report import format_ancestry, format_ancestry_evaluation
+
+    if (args.image is None) == (args.eval_mutts is None):
+        raise DogvaeError("give either an image or --eval-mutts DATA (a `dogvae synth` folder)")
+    model = _open_model(args)
+    if args.image is not None:
+        read_photos(model, [args.image])  # a bad photo fails before the store is opened
+    store = _open_store(args, model)
+    if args.eval_mutts is not None:
+        report = evaluate_ancestry(model, store, args.eval_mutts)
+        return _emit(args, report, format_ancestry_evaluation)
+    result = ancestry(model, store, args.image, top=args.top, out=args.out)
+    return _emit(args, result, format_ancestry)
+
+
+def cmd_identify(args) -> int:
+    from dogvae.tasks import evaluate_identify, identify
+    from dogvae.tasks.inputs import read_photos
+    from dogvae.tasks.report import format_identify, format_identify_evaluation
+
+    if (args.image is None) == (not args.eval):
+        raise DogvaeError("give either an image or --eval")
+    model = _open_model(args)
+    if args.image is not None:
+        read_photos(model, [args.image])  # a bad photo fails before the store is opened
+    store = _open_store(args, model)
+    if args.eval:
+        return _emit(args, evaluate_identify(store, args.run), format_identify_evaluation)
+    result = identify(model, store, args.image, top=args.top, run=args.run, out=args.out)
+    return _emit(args, result, format_identify)
+
+
+def cmd_clusters(args) -> int:
+    from dogvae.tasks import cluster_latents
+    from dogvae.tasks.report import format_clusters
+
+    store = _open_store(args, _open_model(args))
+    out = None if args.no_map else (args.out or args.run / "clusters.png")
+    return _emit(args, cluster_latents(store, out, seed=args.seed), format_clusters)
+
+
+def cmd_sample(args) -> int:
+    from dogvae.tasks import sample_dogs
+    from dogvae.tasks.inputs import find_breed
+    from dogvae.tasks.report import format_sample
+
+    model = _open_model(args)
+    store = None
+    if args.breed is not None:
+        find_breed(args.breed, model.breeds)  # an unknown name fails before any encoding
+        store = _open_store(args, model)
+    result = sample_dogs(
+        model, args.out, n=args.n, breed=args.breed, store=store,
+        temperature=args.temperature, seed=args.seed,
+    )  # fmt: skip
+    return _emit(args, result, format_sample)
+
+
+def _task_parser(sub, name: str, help: str, store: bool = True) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.add_argument("run", type=Path, help="run folder made by `dogvae train`")
+    if store:
+        p.add_argument(
+            "--data", type=Path, help="labelled images for the latent store (default: the run's)"
+        )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def add_task_parsers(sub) -> None:
+    """The latent tasks' subcommands."""
+    p = _task_parser(sub, "encode", "encode the labelled images once into RUN/latents.npz")
+    p.add_argument("--rebuild", action="store_true", help="encode again even if up to date")
+    p.set_defaults(func=cmd_encode)
+
+    p = _task_parser(sub, "reconstruct", "photos beside their reconstructions, with PSNR", False)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMG")
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = _task_parser(sub, "mix", "mix two photos or breeds (strip, single mix or grid)")
+    p.add_argument("a", metavar="A", help="image path or breed name")
+    p.add_argument("b", metavar="B", help="image path or breed name")
+    p.add_argument("--steps", type=int, default=8, help="images along the strip (grid side)")
+    p.add_argument("--method", choices=["lerp", "slerp"], default="lerp")
+    p.add_argument("--t", type=float, help="write only the mix at this point (0 = A, 1 = B)")
+    p.add_argument("--grid", nargs=2, metavar=("C", "D"), help="bottom corners of a 2-D mix")
+    p.add_argument(
+        "--breed-as", choices=["centroid", "medoid"], default="centroid",
+        help="a breed is its centroid, or its training dog nearest the centroid",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.set_defaults(func=cmd_mix)
+
+    p = _task_parser(sub, "ancestry", "which breeds, in what shares, make this dog")
+    p.add_argument("image", nargs="?", type=Path, metavar="IMG")
+    p.add_argument("--top", type=int, default=3, help="breeds to rank")
+    p.add_argument("--out", type=Path, help="PNG: dog, reconstruction, mixture, parents")
+    p.add_argument("--eval-mutts", type=Path, metavar="DATA", help="score on synthetic mutts")
+    p.set_defaults(func=cmd_ancestry)
+
+    p = _task_parser(sub, "identify", "the breed, with probabilities, or 'unlike any dog'")
+    p.add_argument("image", nargs="?", type=Path, metavar="IMG")
+    p.add_argument("--top", type=int, default=5, help="breeds to list")
+    p.add_argument("--out", type=Path, help="PNG: photo, reconstruction, top breeds")
+    p.add_argument("--eval", action="store_true", help="validation accuracy of the probes")
+    p.set_defaults(func=cmd_identify)
+
+    p = _task_parser(sub, "clusters", "cluster the latent space; score against breeds; map it")
+    p.add_argument("--out", type=Path, help="PNG map (default RUN/clusters.png)")
+    p.add_argument("--no-map", action="store_true", help="scores only (t-SNE takes a while)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_clusters)
+
+    p = _task_parser(sub, "sample", "new dogs from the prior or around a breed")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--breed", help="sample around this breed's centroid and covariance")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the spread")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_serve(args) -> int:
+    try:
+        from dogvae.app import serve
+    except ImportError as exc:
+        raise DogvaeError(
+            f"the web page needs the web extra ({exc.name} is missing): pip install 'dogvae[web]'"
+        ) from exc
+    serve(args.run, host=args.host, port=args.port, data=args.data)
+    return 0
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page: identify, mix and sample dogs")
+    p.add_argument("run", type=Path, help="run folder made by `dogvae train`")
+    p.add_argument(
+        "--data", type=Path, help="labelled images for the latent store (default: the run's)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    p.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--crop", choices=["center", "squash"])
     p.add_argument("--seed", type=int)
     p.add_argument("--strict", action="store_true", help="fail on the first unusable image")
@@ -136,6 +357,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("tune", help="search model and training settings with Optuna")
+    p.add_argument("--data", type=Path, required=True, help="data set folder (any layout)")
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/tune.db)")
+    p.add_argument(
+        "--out", type=Path, help="folder for trial-NNN/ and best.json (default: the sqlite file's)"
+    )
+    p.add_argument("--study", default="dogvae", help="study name in the storage")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per trial")
+    p.add_argument("--metric", choices=["val_elbo", "psnr"], default="val_elbo")
+    p.add_argument(
+        "--presets", help="comma-separated presets to choose from (default small64,res64)"
+    )
+    p.add_argument("--config", type=Path, help='base JSON: {"preset", "model", "train", "search"}')
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (another per process)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_tune)
+
+    add_task_parsers(sub)
+    add_serve_parser(sub)
     return parser
 
 
