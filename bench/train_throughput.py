@@ -33,7 +33,13 @@ import torch
 
 from dogvae.model import PRESETS, build_model, preset_config
 from dogvae.synth import synthesize
-from dogvae.train import TrainConfig, cpu_has_native_bf16, train
+from dogvae.train import (
+    TrainConfig,
+    auto_channels_last,
+    cpu_has_native_bf16,
+    make_optimizer,
+    train,
+)
 
 
 def peak_rss_mib() -> float:
@@ -51,7 +57,9 @@ def training_step(preset: str, precision: str, channels_last: bool, compile: boo
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(cfg).to(device, memory_format=fmt).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = make_optimizer(
+        model, 1e-4, 0.0, device
+    )  # the optimiser dogvae uses, so the ratio is fair
     x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device).to(memory_format=fmt)
     dtype = torch.bfloat16 if precision == "bf16" else None
     forward = torch.compile(model) if compile else model  # as dogvae does: the forward pass only
@@ -175,7 +183,7 @@ def full_epoch(data: str) -> None:
 
 def default_channels_last(preset: str) -> bool:
     """What `channels_last="auto"` picks (see dogvae.train.setup_runtime)."""
-    return torch.cuda.is_available() or PRESETS[preset].model.image_size >= 128
+    return auto_channels_last(PRESETS[preset].model.image_size, torch.cuda.is_available())
 
 
 def speed_paths(presets: list[str], precision: str, steps: int, cache: str, compile: bool) -> None:
