@@ -287,6 +287,39 @@ def add_task_parsers(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args) -> int:
+    from dogvae.eval_report import format_evaluation
+    from dogvae.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run, args.data, split=args.split, progress=not args.json)
+    return _emit(args, metrics, format_evaluation)
+
+
+def cmd_compare(args) -> int:
+    from dogvae.eval_report import format_comparison
+    from dogvae.evaluate import compare_runs, write_comparison
+
+    table = compare_runs(args.runs)
+    if args.out is not None:
+        table["page"] = str(write_comparison(table, args.out))
+    return _emit(args, table, format_comparison)
+
+
+def add_evaluation_parsers(sub) -> None:
+    p = _task_parser(sub, "evaluate", "every figure beside its baseline: RUN/eval/report.html")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="images to score")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="evaluated runs side by side, the best of each row marked")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="runs made by `evaluate`")
+    p.add_argument("--out", type=Path, help="also write the table as an HTML page")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_compare)
+
+
 def cmd_serve(args) -> int:
     try:
         from dogvae.app import serve
@@ -377,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     add_task_parsers(sub)
+    add_evaluation_parsers(sub)
     add_serve_parser(sub)
     return parser
 
