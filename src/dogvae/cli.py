@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from dogvae.errors import DogvaeError
-from dogvae.model import PRESETS
+from dogvae.model import MODELS, PRESETS
 
 
 def _print_json(obj) -> None:
@@ -56,11 +56,14 @@ def _train_config(args):
 
     file_cfg = json.loads(Path(args.config).read_text()) if args.config else {}
     overrides = dict(file_cfg.get("model", {}))
-    for name in ("image_size", "latent_dim", "beta"):
+    for name in ("image_size", "latent_dim", "beta", "model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     values = {**file_cfg.get("train", {}), "preset": file_cfg.get("preset", "small64")}
-    for name in ("preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop"):
+    for name in (
+        "preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop",
+        "label_fraction",
+    ):  # fmt: skip
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.compile:
@@ -153,7 +156,8 @@ def cmd_mix(args) -> int:
     check_mix_options(args.steps, args.method, args.t, args.grid)
     model = _open_model(args)
     ends = [args.a, args.b, *(args.grid or [])]
-    store = _open_store(args, model) if breed_ends(model, ends) else None
+    needs_store = breed_ends(model, ends) and not model.conditional  # see tasks.mixing
+    store = _open_store(args, model) if needs_store else None
     result = mix(
         model, store, args.a, args.b, args.out, steps=args.steps, method=args.method, t=args.t,
         grid=tuple(args.grid) if args.grid else None, breed_as=args.breed_as,
@@ -214,7 +218,8 @@ def cmd_sample(args) -> int:
     store = None
     if args.breed is not None:
         find_breed(args.breed, model.breeds)  # an unknown name fails before any encoding
-        store = _open_store(args, model)
+        if not model.conditional:  # a conditional model draws the breed from its decoder
+            store = _open_store(args, model)
     result = sample_dogs(
         model, args.out, n=args.n, breed=args.breed, store=store,
         temperature=args.temperature, seed=args.seed,
@@ -280,7 +285,10 @@ def add_task_parsers(sub) -> None:
 
     p = _task_parser(sub, "sample", "new dogs from the prior or around a breed")
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--breed", help="sample around this breed's centroid and covariance")
+    p.add_argument(
+        "--breed",
+        help="this breed: from the decoder (cvae, ssvae), else around its latent centroid",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the spread")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
@@ -374,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int)
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--beta", type=float, help="KL weight (1 = the true ELBO)")
+    p.add_argument(
+        "--model", choices=list(MODELS),
+        help="vae (default), cvae (breed-conditional) or ssvae (semi-supervised, with a classifier)",
+    )  # fmt: skip
+    p.add_argument(
+        "--label-fraction", type=float, metavar="F",
+        help="ssvae: keep the labels of only this share of each breed's training images",
+    )  # fmt: skip
     p.add_argument("--config", type=Path, help='JSON: {"preset", "model": {...}, "train": {...}}')
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

@@ -1,15 +1,29 @@
-"""The VAE: a config dataclass, named presets, one base contract and the convolutional model.
+"""The VAE: a config dataclass, named presets, one base contract and the convolutional models.
 
 `BaseVAE` is the contract every variant obeys (encode, decode, loss, reconstruct, sample,
-embed); the trainer and the latent tasks know nothing model-specific beyond it.
+embed, `conditional`, `has_classifier`); the trainer and the latent tasks know nothing
+model-specific beyond it. Three variants, chosen by `VAEConfig.model`:
+
+* `vae` (`ConvVAE`): the plain VAE, p(x) through z.
+* `cvae` (`ConditionalVAE`): encoder and decoder both see the breed through a learned
+  embedding; an extra "unknown breed" embedding (trained by `breed_dropout`) serves photos
+  whose breed nobody gave.
+* `ssvae` (`SemiSupervisedVAE`): Kingma et al. 2014's M2, a classifier q(y|x) inside the model;
+  unlabelled images marginalise over breeds with the estimator in `breed_candidates`.
+
+A breed argument (`breed=`) is None (unknown), an int64 tensor of indices (-1: unknown, as the
+data loader labels unlabelled images), or a float tensor (N, n_breeds) of mixing weights over
+the breed embeddings (restyling and breed mixes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dogvae.losses import (
@@ -20,6 +34,7 @@ from dogvae.losses import (
     reconstruction_nll,
 )
 
+MODELS = ("vae", "cvae", "ssvae")
 NORMS = ("batch", "group", "none")
 ACTIVATIONS = ("leaky_relu", "silu", "relu")
 
@@ -32,6 +47,16 @@ class VAEConfig:
     followed by `blocks_per_stage` residual blocks; an optional dense layer (`dense` units) sits
     between the feature map and the latent heads. The decoder mirrors it with transposed
     convolutions, starting from a `dec_start_channels` x s x s map (s = image_size / 2^depth).
+
+    Breed-aware models (`model` "cvae" or "ssvae") add a learned breed embedding of
+    `breed_embed_dim` numbers to the latent heads' input and to the decoder's input; `n_breeds`
+    is set by training from the data. `breed_dropout` is the share of labelled training images
+    a cvae sees as "unknown breed". The ssvae's classifier is a residual CNN of
+    `classifier_widths` (with `classifier_blocks` residual blocks per stage) whose
+    cross-entropy (label smoothing `label_smoothing`) is added with weight
+    `classifier_weight` (alpha of M2, in nats per labelled image); `classifier_top_k` breeds
+    are summed exactly for an unlabelled image, one more is sampled from the rest;
+    `classifier_augment` gives the classifier random crops, flips and colour jitter.
     """
 
     image_size: int = 64
@@ -47,10 +72,21 @@ class VAEConfig:
     beta: float = 1.0
     kl_warmup_epochs: float = 0.0
     free_bits: float = 0.0
+    model: str = "vae"
+    n_breeds: int = 0
+    breed_embed_dim: int = 32
+    breed_dropout: float = 0.1
+    classifier_widths: tuple[int, ...] = (32, 64, 128, 256)
+    classifier_blocks: int = 1
+    classifier_weight: float = 50.0
+    classifier_top_k: int = 4
+    label_smoothing: float = 0.1
+    classifier_augment: bool = True
 
     def __post_init__(self):
         self.enc_widths = tuple(int(w) for w in self.enc_widths)
         self.dec_widths = tuple(int(w) for w in self.dec_widths)
+        self.classifier_widths = tuple(int(w) for w in self.classifier_widths)
         self.validate()
 
     def validate(self) -> None:
@@ -74,6 +110,14 @@ class VAEConfig:
             problems.append(f"likelihood must be one of {LIKELIHOODS}")
         if self.beta < 0 or self.free_bits < 0 or self.kl_warmup_epochs < 0:
             problems.append("beta, free_bits and kl_warmup_epochs must be non-negative")
+        if self.model not in MODELS:
+            problems.append(f"model must be one of {MODELS}")
+        if self.n_breeds < 0 or self.breed_embed_dim < 1 or self.classifier_top_k < 1:
+            problems.append("n_breeds >= 0, breed_embed_dim >= 1 and classifier_top_k >= 1")
+        if not 0.0 <= self.breed_dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            problems.append("breed_dropout and label_smoothing must be in [0, 1)")
+        if not self.classifier_widths or self.classifier_weight < 0:
+            problems.append("classifier_widths must not be empty, classifier_weight >= 0")
         if problems:
             raise ValueError("invalid VAEConfig: " + "; ".join(problems))
 
@@ -216,12 +260,14 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def _stage(conv: nn.Module, out_channels: int, cfg: VAEConfig) -> nn.Sequential:
-    """A resolution change (conv) with its norm and activation, then the stage's residual blocks."""
+def _stage(
+    conv: nn.Module, out_channels: int, cfg: VAEConfig, blocks: int | None = None
+) -> nn.Sequential:
+    """A resolution change (conv) with its norm and activation, then the stage's residual blocks
+    (`blocks`, by default the config's `blocks_per_stage`)."""
+    blocks = cfg.blocks_per_stage if blocks is None else blocks
     layers = [conv, _norm2d(cfg.norm, out_channels), _activation(cfg.activation)]
-    layers += [
-        ResidualBlock(out_channels, cfg.norm, cfg.activation) for _ in range(cfg.blocks_per_stage)
-    ]
+    layers += [ResidualBlock(out_channels, cfg.norm, cfg.activation) for _ in range(blocks)]
     return nn.Sequential(*layers)
 
 
@@ -234,7 +280,9 @@ def _dense(in_features: int, out_features: int, cfg: VAEConfig) -> nn.Sequential
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    """Image -> (mu, logvar); `conditions` extra numbers (a breed embedding) join the heads."""
+
+    def __init__(self, cfg: VAEConfig, conditions: int = 0):
         super().__init__()
         stages, channels = [], 3
         for width in cfg.enc_widths:
@@ -243,21 +291,36 @@ class Encoder(nn.Module):
         self.features = nn.Sequential(*stages, nn.Flatten())
         flat = channels * cfg.bottom_size**2
         self.hidden = _dense(flat, cfg.dense, cfg) if cfg.dense else nn.Identity()
-        head_in = cfg.dense or flat
+        head_in = (cfg.dense or flat) + conditions
         self.mu = nn.Linear(head_in, cfg.latent_dim)
         self.logvar = nn.Linear(head_in, cfg.latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.hidden(self.features(x))
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The image's features, before the latent heads (shared by every breed tried)."""
+        return self.hidden(self.features(x))
+
+    def heads(
+        self, h: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if condition is not None:
+            h = torch.cat([h, condition.to(h.dtype)], 1)
         return self.mu(h), self.logvar(h)
+
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.trunk(x), condition)
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    """z (joined by `conditions` extra numbers, a breed embedding) -> pixel logits."""
+
+    def __init__(self, cfg: VAEConfig, conditions: int = 0):
         super().__init__()
         start = cfg.dec_start_channels * cfg.bottom_size**2
-        layers = [_dense(cfg.latent_dim, cfg.dense, cfg)] if cfg.dense else []
-        layers.append(_dense(cfg.dense or cfg.latent_dim, start, cfg))
+        z_in = cfg.latent_dim + conditions
+        layers = [_dense(z_in, cfg.dense, cfg)] if cfg.dense else []
+        layers.append(_dense(cfg.dense or z_in, start, cfg))
         layers.append(nn.Unflatten(1, (cfg.dec_start_channels, cfg.bottom_size, cfg.bottom_size)))
         channels = cfg.dec_start_channels
         for width in cfg.dec_widths:
@@ -267,8 +330,52 @@ class Decoder(nn.Module):
         layers.append(nn.Conv2d(channels, 3, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is not None:
+            z = torch.cat([z, condition.to(z.dtype)], 1)
         return self.net(z)
+
+
+class BreedClassifier(nn.Module):
+    """q(y|x): a residual CNN (stride-2 stages of `classifier_widths`), global average pooling,
+    a linear layer to one logit per breed."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        stages, channels = [], 3
+        for width in cfg.classifier_widths:
+            conv = nn.Conv2d(channels, width, 3, stride=2, padding=1)
+            stages.append(_stage(conv, width, cfg, cfg.classifier_blocks))
+            channels = width
+        self.features = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.logits = nn.Linear(channels, cfg.n_breeds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(x))
+
+
+def augment_for_classifier(x: torch.Tensor) -> torch.Tensor:
+    """Random crops (75-100% of the side, anywhere in the image, resized back), left-right
+    flips and colour jitter (brightness, contrast, saturation each x0.8-1.2), per image.
+
+    The random numbers come from the CPU generator, so a resumed run draws the same ones.
+    """
+    n = len(x)
+    side = torch.empty(n).uniform_(0.75, 1.0)
+    shift = (1 - side)[:, None] * torch.empty(n, 2).uniform_(-1.0, 1.0)
+    mirror = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+    jitter = torch.empty(n, 3).uniform_(0.8, 1.2)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = side * mirror, side, shift
+    theta, jitter = theta.to(x.device), jitter.to(x.device, x.dtype)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    brightness, contrast, saturation = (jitter[:, i].view(-1, 1, 1, 1) for i in range(3))
+    x = x * brightness
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * contrast
+    grey = x.mean(1, keepdim=True)
+    return (grey + (x - grey) * saturation).clamp(0.0, 1.0)
 
 
 @dataclass
@@ -294,35 +401,64 @@ class LossOutput:
 class BaseVAE(nn.Module):
     """The contract shared by every dogvae model.
 
-    Subclasses provide `encode(x) -> (mu, logvar)` and `decode_logits(z)`; images are float
-    tensors (B, 3, H, W) with pixels in [0, 1]. Mixing and other latent tasks use the posterior
-    mean (`embed`), never a sampled z, so they are deterministic.
+    Subclasses provide `encode(x, breed) -> (mu, logvar)` and `decode_logits(z, breed)`;
+    images are float tensors (B, 3, H, W) with pixels in [0, 1]. Mixing and other latent tasks
+    use the posterior mean (`embed`), never a sampled z, so they are deterministic.
+
+    `conditional` says whether the breed argument changes anything (a plain VAE ignores it);
+    `has_classifier` whether `classify(x)` gives breed logits (N, n_breeds). Training calls
+    `noisy_forward(x, eps, breed)` and hands its outputs to `objective`, labels included.
     """
 
     config: VAEConfig
+    conditional: bool = False
+    has_classifier: bool = False
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, breed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_logits(self, z: torch.Tensor, breed: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, breed: torch.Tensor | None = None) -> torch.Tensor:
         """Latent codes -> images in [0, 1] (the likelihood's mean)."""
-        return torch.sigmoid(self.decode_logits(z).float())
+        return torch.sigmoid(self.decode_logits(z, breed).float())
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"a {self.config.model} model has no breed classifier")
+
+    def resolve_breed(self, x: torch.Tensor, breed: torch.Tensor | None) -> torch.Tensor | None:
+        """The breed an image is encoded and decoded with when the caller gives `breed`."""
+        return breed
+
+    def validation_breed(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The labels the validation ELBO conditions on: none for models of p(x)."""
+        return None
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
-    def forward(self, x: torch.Tensor):
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar)
-        return self.decode_logits(z), mu, logvar
+    def noisy_forward(
+        self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The forward pass with the reparameterisation noise `eps` given: what `objective`
+        takes after `x`. Here (logits, mu, logvar)."""
+        mu, logvar = self.encode(x, breed)
+        z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
+        return self.decode_logits(z, breed), mu, logvar
 
-    def loss(self, x: torch.Tensor, beta: float | None = None) -> LossOutput:
+    def forward(self, x: torch.Tensor, breed: torch.Tensor | None = None):
+        eps = torch.randn(len(x), self.config.latent_dim, device=x.device)
+        return self.noisy_forward(x, eps, breed)
+
+    def loss(
+        self, x: torch.Tensor, beta: float | None = None, breed: torch.Tensor | None = None
+    ) -> LossOutput:
         """Training objective and its parts for a batch; `beta` overrides the config's weight."""
-        return self.objective(x, *self(x), beta=beta)
+        return self.objective(x, *self(x, breed), beta=beta, breed=breed)
 
     def objective(
         self,
@@ -331,8 +467,10 @@ class BaseVAE(nn.Module):
         mu: torch.Tensor,
         logvar: torch.Tensor,
         beta: float | None = None,
+        breed: torch.Tensor | None = None,
     ) -> LossOutput:
-        """The loss from `forward`'s outputs (kept apart so DDP can wrap `forward` alone)."""
+        """The loss from `noisy_forward`'s outputs (kept apart so DDP can wrap the forward
+        alone). `breed` is unused here: the forward pass already conditioned on it."""
         cfg = self.config
         beta = cfg.beta if beta is None else beta
         recon = reconstruction_nll(x, logits, cfg.likelihood, self.log_scale).mean()
@@ -352,19 +490,36 @@ class BaseVAE(nn.Module):
         return bits_per_dim(elbo_nats, 3 * self.config.image_size**2)
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, breed: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior means: the deterministic latent code of each image."""
-        return self.encode(x)[0]
+        return self.encode(x, self.resolve_breed(x, breed))[0]
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.embed(x))
+    def reconstruct(self, x: torch.Tensor, breed: torch.Tensor | None = None) -> torch.Tensor:
+        breed = self.resolve_breed(x, breed)
+        return self.decode(self.encode(x, breed)[0], breed)
+
+    def prior_breeds(self, n: int, breed, generator=None) -> torch.Tensor | None:
+        """The breeds `sample` decodes with: `breed` (an index, or a tensor of n of them), else
+        the model's own choice for an unknown breed."""
+        device = next(self.parameters()).device
+        if breed is None or torch.is_tensor(breed):
+            return None if breed is None else breed.to(device)
+        return torch.full((n,), int(breed), dtype=torch.long, device=device)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator=None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        breed: int | torch.Tensor | None = None,
+        temperature: float = 1.0,
+        generator=None,
+    ) -> torch.Tensor:
+        """n new dogs: z from the prior N(0, temperature^2 I), decoded as `breed` where the
+        model is conditional (an index into `breeds`, or a tensor of n indices or weights)."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
-        return self.decode(z * temperature)
+        return self.decode(z * temperature, self.prior_breeds(n, breed, generator))
 
 
 class ConvVAE(BaseVAE):
@@ -375,19 +530,220 @@ class ConvVAE(BaseVAE):
         self.config = config
         self.breeds: list[str] = []  # index -> breed name, filled by training or `load`
         self.info: dict = {}  # the run's config.json once loaded
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        conditions = config.breed_embed_dim if self.conditional else 0
+        self.encoder = Encoder(config, conditions)
+        self.decoder = Decoder(config, conditions)
         # One learned global scale for Gaussian/Laplace likelihoods (unused by Bernoulli).
         # Starting at 0.1 of the pixel range keeps early training from ignoring the image.
         self.log_scale = nn.Parameter(
             torch.tensor(-2.3), requires_grad=config.likelihood != "bernoulli"
         )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, breed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_logits(self, z: torch.Tensor, breed: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(z)
+
+
+class BreedAwareVAE(ConvVAE):
+    """A ConvVAE whose encoder heads and decoder also read a learned breed embedding.
+
+    The table has a row per breed and one more for "unknown breed" (`breed_vector`).
+    """
+
+    conditional = True
+
+    def __init__(self, config: VAEConfig):
+        if config.n_breeds < 2:
+            raise ValueError(f"a {config.model} model needs n_breeds >= 2, not {config.n_breeds}")
+        super().__init__(config)
+        self.breed_embedding = nn.Embedding(config.n_breeds + 1, config.breed_embed_dim)
+
+    def unknown_breed_vector(self, n: int) -> torch.Tensor:
+        """The embedding used for an image of unknown breed: the extra row."""
+        return self.breed_embedding.weight[-1].expand(n, -1)
+
+    def breed_vector(self, breed: torch.Tensor | None, n: int) -> torch.Tensor:
+        """(n, breed_embed_dim): None or -1 is unknown; float (n, n_breeds) rows are mixing
+        weights over the breeds' embeddings ((n, n_breeds + 1): the last weighs "unknown")."""
+        if breed is None:
+            return self.unknown_breed_vector(n)
+        if breed.is_floating_point():  # weights over the breeds (and maybe "unknown" last)
+            table = self.breed_embedding.weight[: breed.shape[1]]
+            return breed.to(table.dtype) @ table
+        known = breed >= 0
+        vectors = self.breed_embedding(breed.clamp(min=0))
+        return torch.where(known[:, None], vectors, self.unknown_breed_vector(n))
+
+    def encode(
+        self, x: torch.Tensor, breed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x, self.breed_vector(breed, len(x)))
+
+    def decode_logits(self, z: torch.Tensor, breed: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(z, self.breed_vector(breed, len(z)))
+
+
+class ConditionalVAE(BreedAwareVAE):
+    """p(x | y) through z: a breed is drawn by decoding prior codes with its embedding, a dog
+    restyled by encoding with its own breed and decoding with another, two breeds mixed by
+    interpolating their embeddings with the same z."""
+
+    def validation_breed(self, labels: torch.Tensor) -> torch.Tensor | None:
+        return labels  # the cvae's ELBO bounds -log p(x | y): it is given the breed
+
+    def noisy_forward(
+        self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        if self.training and breed is not None and self.config.breed_dropout > 0:
+            # some labelled images train the "unknown breed" row, for photos without a label
+            dropped = (torch.rand(len(breed)) < self.config.breed_dropout).to(breed.device)
+            breed = torch.where(dropped, -1, breed)
+        return super().noisy_forward(x, eps, breed)
+
+
+def breed_candidates(
+    probs: torch.Tensor, labels: torch.Tensor | None, top_k: int, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which (image, breed) pairs the M2 objective scores, and the weight of each.
+
+    A labelled image is scored with its label, weight 1. An unlabelled image is scored with
+    its `top_k` likeliest breeds under q(y|x), each weighted by its probability, plus one breed
+    drawn from the rest in proportion to q (by inverse CDF at `u`, one uniform per image),
+    weighted by the rest's whole mass. So sum_y q(y|x) f(y) is estimated without bias (exact
+    when at most top_k + 1 breeds exist), with top_k + 1 decoder passes instead of n_breeds.
+    Returns (rows, breeds, weights), one entry per pair; weights carry q's gradient.
+    """
+    n, k_all = probs.shape
+    unlabelled = torch.ones(n, dtype=torch.bool, device=probs.device)
+    if labels is not None:
+        unlabelled = labels < 0
+    rows_l = (~unlabelled).nonzero().flatten()
+    rows_u = unlabelled.nonzero().flatten()
+    k = min(top_k, k_all)
+    top_p, top_y = probs[rows_u].topk(k, dim=1)
+    rows = [rows_l, rows_u.repeat_interleave(k)]
+    breeds = [labels[rows_l] if labels is not None else rows_l, top_y.flatten()]
+    weights = [probs.new_ones(len(rows_l)), top_p.flatten()]
+    if k < k_all:
+        rest = probs[rows_u].scatter(1, top_y, 0.0)
+        rest_mass = rest.sum(1)
+        cdf = rest.detach().cumsum(1)
+        target = (u[rows_u].to(cdf) * rest_mass.detach())[:, None]
+        drawn = torch.searchsorted(cdf, target).squeeze(1).clamp(max=k_all - 1)
+        rows.append(rows_u)
+        breeds.append(drawn)
+        weights.append(rest_mass)
+    return torch.cat(rows), torch.cat(breeds), torch.cat(weights)
+
+
+class SemiSupervisedVAE(BreedAwareVAE):
+    """Kingma et al. 2014's M2: p(y) p(z) p(x | y, z), inferred by q(y | x) q(z | x, y).
+
+    Per image, in nats: a labelled image costs -ELBO(x, y) + alpha * CE(q(y|x), y); an
+    unlabelled one costs sum_y q(y|x) (-ELBO(x, y)) - H(q(y|x)), the bound on -log p(x),
+    estimated over `classifier_top_k` + 1 breeds (`breed_candidates`). -ELBO(x, y) includes
+    -log p(y) = log n_breeds (a uniform prior). With no breed given, a photo is encoded and
+    decoded as the classifier's likeliest breed; a code alone decodes with the average breed
+    embedding, and prior samples draw their breed from p(y).
+    """
+
+    has_classifier = True
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        self.classifier = BreedClassifier(config)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def unknown_breed_vector(self, n: int) -> torch.Tensor:
+        return self.breed_embedding.weight[:-1].mean(0).expand(n, -1)
+
+    def resolve_breed(self, x: torch.Tensor, breed: torch.Tensor | None) -> torch.Tensor | None:
+        if breed is not None:
+            return breed
+        return self.classify(x).argmax(1)
+
+    def prior_breeds(self, n: int, breed, generator=None) -> torch.Tensor | None:
+        if breed is not None:
+            return super().prior_breeds(n, breed)
+        device = next(self.parameters()).device
+        return torch.randint(
+            self.config.n_breeds, (n,), generator=generator, device=device, dtype=torch.long
+        )
+
+    def noisy_forward(
+        self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(logits, mu, logvar) per scored (image, breed) pair, then the classifier's logits
+        and the pairs themselves (rows, breeds, weights) from `breed_candidates`."""
+        seen = augment_for_classifier(x) if self.training and self.config.classifier_augment else x
+        class_logits = self.classifier(seen)
+        # validation draws the same "rest" breed every time, so its figures are repeatable
+        u = torch.rand(len(x)) if self.training else torch.full((len(x),), 0.5)
+        probs = torch.softmax(class_logits.float(), 1)
+        rows, breeds, weights = breed_candidates(
+            probs, breed, self.config.classifier_top_k, u.to(x.device)
+        )
+        condition = self.breed_vector(breeds, len(breeds))
+        mu, logvar = self.encoder.heads(self.encoder.trunk(x)[rows], condition)
+        z = mu + eps[rows].to(mu.dtype) * torch.exp(0.5 * logvar)
+        return self.decoder(z, condition), mu, logvar, class_logits, rows, breeds, weights
+
+    def objective(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        class_logits: torch.Tensor,
+        rows: torch.Tensor,
+        breeds: torch.Tensor,
+        weights: torch.Tensor,
+        beta: float | None = None,
+        breed: torch.Tensor | None = None,
+    ) -> LossOutput:
+        cfg = self.config
+        beta = cfg.beta if beta is None else beta
+        n = len(x)
+        weights = weights.float()
+        recon = reconstruction_nll(x[rows], logits, cfg.likelihood, self.log_scale)
+        kl_dims = kl_per_dim(mu.float(), logvar.float())
+        weighted_kl_dims = (weights[:, None] * kl_dims).sum(0) / n
+        recon_mean = (weights * recon).sum() / n
+        kl_mean = weighted_kl_dims.sum()
+        kl_term = (
+            kl_with_free_bits(weighted_kl_dims[None], cfg.free_bits) if cfg.free_bits else kl_mean
+        )
+        log_prior = math.log(cfg.n_breeds)  # -log p(y), p(y) uniform
+        unlabelled = (
+            torch.ones(n, dtype=torch.bool, device=x.device) if breed is None else breed < 0
+        )
+        log_q = torch.log_softmax(class_logits.float(), 1)
+        entropy = -(log_q.exp() * log_q).sum(1)[unlabelled].sum() / n
+        bound_extra = log_prior * weights.sum() / n - entropy
+        labelled = ~unlabelled
+        classification = x.new_zeros((), dtype=torch.float32)
+        if labelled.any():
+            classification = F.cross_entropy(
+                class_logits[labelled].float(), breed[labelled],
+                label_smoothing=cfg.label_smoothing, reduction="sum",
+            ) / n  # fmt: skip
+        return LossOutput(
+            total=recon_mean
+            + beta * kl_term
+            + bound_extra
+            + cfg.classifier_weight * classification,
+            reconstruction=recon_mean,
+            kl=kl_mean,
+            kl_per_dim=weighted_kl_dims.detach(),
+            elbo=(recon_mean + kl_mean + bound_extra).detach(),
+            beta=beta,
+        )
 
 
 def count_parameters(model: nn.Module, *, keras_style: bool = False) -> int:
@@ -405,5 +761,9 @@ def count_parameters(model: nn.Module, *, keras_style: bool = False) -> int:
     return total
 
 
+MODEL_CLASSES = {"vae": ConvVAE, "cvae": ConditionalVAE, "ssvae": SemiSupervisedVAE}
+
+
 def build_model(config: VAEConfig) -> BaseVAE:
-    return ConvVAE(config)
+    """The model `config.model` names."""
+    return MODEL_CLASSES[config.model](config)

@@ -36,7 +36,7 @@ from dogvae import checkpoint
 from dogvae.atomic import write_json
 from dogvae.data.cache import ImageSet, load_images
 from dogvae.data.loader import CachedImages, make_loader, set_epoch
-from dogvae.data.split import stratified_split
+from dogvae.data.split import hold_back_labels, stratified_split
 from dogvae.errors import CheckpointError, DogvaeError
 from dogvae.metrics import active_units, mse_per_image, psnr_per_image, reconstruction_baselines
 from dogvae.model import PRESETS, BaseVAE, VAEConfig, build_model, preset_config
@@ -54,7 +54,9 @@ class TrainConfig:
     `batch_size` is the global batch: under torchrun with N processes each takes 1/N of it.
     `device_cache` ("auto", "on", "off") holds the decoded uint8 images on the training device
     and makes batches there; "auto" does so on a GPU when they take under a quarter of its
-    free memory. `compile` runs the model through `torch.compile`.
+    free memory. `compile` runs the model through `torch.compile`. `label_fraction` keeps the
+    labels of only that share of each breed's training images (the rest train as unlabelled
+    images; for `ssvae`).
     """
 
     data: str
@@ -79,6 +81,7 @@ class TrainConfig:
     strict: bool = False
     resume: bool = False
     progress: bool = True
+    label_fraction: float = 1.0
     model_overrides: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -87,6 +90,8 @@ class TrainConfig:
             raise DogvaeError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.epochs is not None and self.epochs < 1:
             raise DogvaeError("--epochs must be at least 1")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise DogvaeError(f"--label-fraction must be in (0, 1], not {self.label_fraction}")
         for name in ("channels_last", "device_cache"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise DogvaeError(f"{name} must be auto, on or off, not {getattr(self, name)!r}")
@@ -296,17 +301,16 @@ class NoisyForward(nn.Module):
     """The VAE's forward pass with the reparameterisation noise given rather than drawn.
 
     DDP and torch.compile wrap this module; the objective stays outside it, so the KL weight
-    changing every step does not make torch.compile recompile.
+    changing every step does not make torch.compile recompile. `breed` (labels, -1 for
+    unlabelled images) reaches breed-aware models; a plain VAE ignores it.
     """
 
     def __init__(self, vae: BaseVAE):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor):
-        mu, logvar = self.vae.encode(x)
-        z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
-        return self.vae.decode_logits(z), mu, logvar
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None):
+        return self.vae.noisy_forward(x, eps, breed)
 
 
 # --- schedules ------------------------------------------------------------------------------
@@ -330,27 +334,47 @@ def kl_weight(beta: float, warmup_epochs: float, epoch_progress: float) -> float
 # --- validation -----------------------------------------------------------------------------
 
 
+def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """How many labelled rows have their label among the k highest logits."""
+    labelled = labels >= 0
+    top = logits[labelled].topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == labels[labelled, None]).any(1).sum()
+
+
 @torch.no_grad()
 def evaluate(model: BaseVAE, batches, noise: torch.Tensor, rt: Runtime) -> dict[str, float]:
-    """Validation figures in float32: ELBO (nats/image, bits/dim), its parts, MSE, PSNR, units.
+    """Validation figures in float32: ELBO (nats/image, bits/dim), its parts, MSE, PSNR, units,
+    and for a model with a classifier its top-1 and top-5 accuracy.
 
     Each process scores its share of the validation set (`batches`, in order, with one fixed
     noise row per image in `noise`) and the sums are added over all processes, so the figures
-    are those of the whole set, the same every epoch and for any number of processes.
+    are those of the whole set, the same every epoch and for any number of processes. A cvae
+    is given the breeds (its ELBO bounds -log p(x|y)); vae and ssvae are not (-log p(x)).
     """
     model.eval()
     forward = NoisyForward(model)
-    sums = torch.zeros(5, dtype=torch.float64, device=rt.device)  # elbo recon kl mse psnr
+    # elbo recon kl mse psnr, top-1 and top-5 hits, labelled images
+    sums = torch.zeros(8, dtype=torch.float64, device=rt.device)
     mus, n = [], 0
-    for x, _ in batches:
-        x = _to_device(x, rt)
+    for x, y in batches:
+        x, y = _to_device(x, rt), y.to(rt.device)
         b = len(x)
-        logits, mu, logvar = forward(x, noise[n : n + b].to(rt.device))
-        out = model.objective(x, logits, mu, logvar, beta=1.0)
-        recon = model.decode(mu)
+        given = model.validation_breed(y)
+        out = model.objective(
+            x, *forward(x, noise[n : n + b].to(rt.device), given), beta=1.0, breed=given
+        )
+        breed = model.resolve_breed(x, given)
+        mu = model.encode(x, breed)[0]
+        recon = model.decode(mu, breed)
+        hits = (
+            [top_k_hits(model.classify(x), y, k) for k in (1, 5)]
+            if model.has_classifier
+            else [0, 0]
+        )
         sums += torch.stack([
             out.elbo * b, out.reconstruction * b, out.kl * b,
             mse_per_image(recon, x).sum(), psnr_per_image(recon, x).sum(),
+            *torch.as_tensor(hits, device=rt.device), (y >= 0).sum(),
         ]).double()  # fmt: skip
         mus.append(mu.float().cpu())
         n += b
@@ -362,11 +386,13 @@ def evaluate(model: BaseVAE, batches, noise: torch.Tensor, rt: Runtime) -> dict[
         dist.all_gather_object(shares, mus)
         mus = torch.cat(shares)
     model.train()
-    *totals, n = totals.tolist()
+    *totals, top1, top5, n_labelled, n = totals.tolist()
     names = ("elbo", "recon", "kl", "mse", "psnr")
     metrics = {name: value / max(n, 1) for name, value in zip(names, totals, strict=True)}
     metrics["bits_per_dim"] = model.bits_per_dim(metrics["elbo"])
     metrics["active_units"] = active_units(mus)
+    if model.has_classifier:
+        metrics["top1"], metrics["top5"] = top1 / max(n_labelled, 1), top5 / max(n_labelled, 1)
     return metrics
 
 
@@ -498,7 +524,12 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
     torch.manual_seed(cfg.seed)
 
     images = _load_data(cfg, model_cfg.image_size, rt)
+    model_cfg = _fit_to_breeds(model_cfg, images)
     train_idx, val_idx = stratified_split(images.labels, cfg.val_fraction, cfg.seed)
+    train_images = images
+    if cfg.label_fraction < 1.0:
+        kept = hold_back_labels(images.labels, train_idx, cfg.label_fraction, cfg.seed)
+        train_images = dataclasses.replace(images, labels=kept)
     if cfg.batch_size % rt.world_size:
         raise DogvaeError(
             f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
@@ -509,7 +540,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             f"{len(train_idx)} training images is fewer than one batch of "
             f"{cfg.batch_size}; lower --batch-size"
         )
-    train_data = CachedImages(images, train_idx, flip=True, seed=cfg.seed)
+    train_data = CachedImages(train_images, train_idx, flip=True, seed=cfg.seed)
     train_loader = make_loader(
         train_data, cfg.batch_size // rt.world_size, shuffle=True, seed=cfg.seed, drop_last=True,
         rank=rt.rank, world_size=rt.world_size,
@@ -555,7 +586,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         else None
     )
     info = checkpoint.run_info(
-        model_type="vae", preset=cfg.preset, model_config=model_cfg, train_config=cfg.to_dict(),
+        model_type=model_cfg.model, preset=cfg.preset, model_config=model_cfg, train_config=cfg.to_dict(),
         breeds=images.breeds, data=images.summary(),
     )  # fmt: skip
 
@@ -617,14 +648,14 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             )  # fmt: skip
             sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kl (x images), images
             t0 = time.perf_counter()
-            for i, (x, _) in enumerate(bar, start=skip_batches):
-                x = _to_device(x, rt)
+            for i, (x, y) in enumerate(bar, start=skip_batches):
+                x, y = _to_device(x, rt), y.to(rt.device)
                 beta = kl_weight(
                     model_cfg.beta, model_cfg.kl_warmup_epochs, epoch + i / steps_per_epoch
                 )
                 eps = noise_rows(cfg.batch_size, model_cfg.latent_dim, rt).to(rt.device)
                 with _autocast(rt):
-                    out = model.objective(x, *forward(x, eps), beta=beta)
+                    out = model.objective(x, *forward(x, eps, y), beta=beta, breed=y)
                 # one all-reduce: the step's loss over the global batch, and whether any
                 # process was asked to stop, so that all of them stop after the same step
                 step_sums = torch.cat([
@@ -665,9 +696,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                         print(
                             f"\nstopped at epoch {epoch + 1}, batch {i + 1}; saved {run / checkpoint.LAST_WEIGHTS}."
                         )
-                        print(
-                            f"resume with: dogvae train --data {cfg.data} --out {run} --preset {cfg.preset} --resume"
-                        )
+                        print(f"resume with: {_resume_command(cfg, model_cfg)}")
                     log.close()
                     return {"stopped": True, "epoch": epoch, "batch_in_epoch": i + 1}
             bar.close()
@@ -728,11 +757,30 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
     return summary
 
 
+def _fit_to_breeds(model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:
+    """A breed-aware model's config with the data's breed count; refuses data it cannot use."""
+    if model_cfg.model == "vae":
+        return model_cfg
+    if len(images.breeds) < 2 or not (images.labels >= 0).any():
+        raise DogvaeError(
+            f"{images.root}: a {model_cfg.model} model needs labelled images of at least two "
+            f"breeds and this folder has {len(images.breeds)} breeds "
+            f"({int((images.labels >= 0).sum())} labelled images); train --model vae instead"
+        )
+    return dataclasses.replace(model_cfg, n_breeds=len(images.breeds))
+
+
+def _resume_command(cfg: TrainConfig, model_cfg: VAEConfig) -> str:
+    model = f" --model {model_cfg.model}" if model_cfg.model != "vae" else ""
+    return f"dogvae train --data {cfg.data} --out {cfg.out} --preset {cfg.preset}{model} --resume"
+
+
 def _epoch_line(record: dict) -> str:
     v = record["val"]
+    accuracy = f"top-1 {v['top1']:.1%}, top-5 {v['top5']:.1%}, " if "top1" in v else ""
     return (
         f"epoch {record['epoch']}: val ELBO {v['elbo']:.1f} nats/image ({v['bits_per_dim']:.3f} bits/dim), "
-        f"recon {v['recon']:.1f}, KL {v['kl']:.1f}, PSNR {v['psnr']:.2f} dB, "
+        f"recon {v['recon']:.1f}, KL {v['kl']:.1f}, PSNR {v['psnr']:.2f} dB, {accuracy}"
         f"active units {v['active_units']}, {record['images_per_s']:.0f} img/s"
     )
 

@@ -39,3 +39,25 @@ def _validation_members(
         n_val = max(n_val, 1)
     rng = np.random.default_rng([seed, breed])
     return rng.permutation(members)[:n_val]
+
+
+def hold_back_labels(
+    labels: np.ndarray, rows: np.ndarray, label_fraction: float, seed: int = 0
+) -> np.ndarray:
+    """A copy of `labels` in which only `label_fraction` of each breed's images among `rows`
+    keep their label (at least one per breed); the others become -1 (unlabelled).
+
+    For semi-supervised training: `rows` are the training rows, so validation labels stay.
+    Which images keep theirs is drawn per breed from (seed, breed), like the split.
+    """
+    if not 0.0 < label_fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    kept = labels.copy()
+    rows = np.asarray(rows, dtype=np.int64)
+    for breed in np.unique(labels[rows][labels[rows] >= 0]):
+        members = rows[labels[rows] == breed]
+        n_keep = max(1, math.floor(label_fraction * members.size + 0.5))
+        rng = np.random.default_rng([seed, int(breed), 1])
+        kept[rng.permutation(members)[n_keep:]] = -1
+    return kept

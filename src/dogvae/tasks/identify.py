@@ -241,24 +241,39 @@ def identify(
 ) -> dict:
     """The most likely breeds of the dog in `photo`, or the verdict that it is unlike any
     training dog; with `out`, a picture of the photo, its reconstruction and the top breeds'
-    centroids decoded."""
+    centroids decoded. A model with its own classifier (ssvae) answers with it (`source`
+    "classifier", its softmax as it is, not recalibrated); the latent probe's answer is then
+    given beside it as `probe_top`."""
     probe = breed_probe(store, run)
     pixels = read_photos(model, [photo])
     encoded = encode_images(model, pixels)
-    probs = probe.predict_proba(encoded.codes)[0]
+    probe_probs = probe.predict_proba(encoded.codes)[0]
+    probs = classifier_probabilities(model, pixels)[0] if model.has_classifier else probe_probs
     order = np.argsort(-probs, kind="stable")[: max(1, top)]
     novelty = NoveltyScorer.fit(store).score(encoded.codes, encoded.recon_mse, encoded.kl_rate)[0]
     result = {
         "image": str(photo),
         "breed": None if novelty["unlike_training_dogs"] else store.breeds[order[0]],
         "top": [{"breed": store.breeds[b], "probability": float(probs[b])} for b in order],
+        "source": "classifier" if model.has_classifier else "probe",
         "novelty": novelty,
         "probe": probe.report,
     }
+    if model.has_classifier:
+        probe_order = np.argsort(-probe_probs, kind="stable")[: max(1, top)]
+        result["probe_top"] = [
+            {"breed": store.breeds[b], "probability": float(probe_probs[b])} for b in probe_order
+        ]
     if out is not None:
         x = as_tensor(model, pixels)
         result["picture"] = str(_identify_picture(model, x, store, order, probs, out))
     return result
+
+
+@torch.no_grad()
+def classifier_probabilities(model: BaseVAE, pixels: np.ndarray) -> np.ndarray:
+    """(N, n_breeds) softmax of the model's own classifier for uint8 (N, S, S, 3) photos."""
+    return torch.softmax(model.classify(as_tensor(model, pixels)).float(), 1).cpu().numpy()
 
 
 @torch.no_grad()

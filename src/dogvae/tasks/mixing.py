@@ -4,6 +4,11 @@ An end point is a photo (its posterior mean, never a sampled z, so a mix is dete
 a breed (its centroid, or with `breed_as="medoid"` the breed's training dog closest to it,
 which decodes sharper than the average). `lerp` walks the straight line; `slerp` walks the great
 circle, keeping the code's length in the range the decoder was trained on.
+
+A conditional model (cvae, ssvae) mixes breeds in its breed embedding instead: every frame keeps
+the same z (a photo end's code, else the prior mean 0) and decodes it with the breed weights
+walked linearly from one end to the other. A photo end is its own breed (cvae: "unknown", ssvae:
+the classifier's likeliest), so photo -> breed restyles that dog.
 """
 
 from __future__ import annotations
@@ -62,11 +67,14 @@ def mix_grid(corners: np.ndarray, steps: int, method: str = "lerp") -> np.ndarra
 
 @dataclass
 class EndPoint:
-    """A mix's end: its latent code, a caption, and the photo itself when it is one."""
+    """A mix's end: its latent code, a caption, and the photo itself when it is one; for a
+    conditional model its breed weights (n_breeds + 1, the last is "unknown") and no code when
+    it is a breed."""
 
-    code: np.ndarray
+    code: np.ndarray | None
     label: str
     pixels: np.ndarray | None = None
+    breed: np.ndarray | None = None
 
 
 def breed_ends(model: BaseVAE, names: list[str]) -> list[str]:
@@ -82,6 +90,8 @@ def resolve_end(
     model: BaseVAE, store: LatentStore | None, text: str, breed_as: str = "centroid"
 ) -> EndPoint:
     """A photo path or a breed name -> its latent code."""
+    if model.conditional:
+        return conditional_end(model, text)
     breeds = store.breeds if store is not None else model.breeds
     if is_photo_argument(text, breeds):
         pixels = read_photos(model, [text])
@@ -90,6 +100,29 @@ def resolve_end(
     if store is None:
         raise DogvaeError(f"mixing the breed {text!r} needs the run's latent store")
     return EndPoint(breed_point(store, breed, breed_as), store.breeds[breed])
+
+
+@torch.no_grad()
+def conditional_end(model: BaseVAE, text: str) -> EndPoint:
+    """A photo -> its code and its own breed; a breed -> its weights (a code comes later)."""
+    weights = np.zeros(len(model.breeds) + 1, np.float32)
+    if not is_photo_argument(text, model.breeds):
+        weights[find_breed(text, model.breeds)] = 1.0
+        return EndPoint(None, text, breed=weights)
+    pixels = read_photos(model, [text])
+    x = as_tensor(model, pixels)
+    breed = model.resolve_breed(x, None)
+    weights[-1 if breed is None else int(breed[0])] = 1.0
+    code = model.encode(x, breed)[0][0].float().cpu().numpy()
+    return EndPoint(code, Path(text).stem, pixels[0], weights)
+
+
+def _share_photo_code(ends: list[EndPoint], latent_dim: int) -> None:
+    """Breed ends take the first photo end's code (the dog being restyled), else z = 0."""
+    photo = next((e.code for e in ends if e.code is not None), np.zeros(latent_dim, np.float32))
+    for end in ends:
+        if end.code is None:
+            end.code = photo
 
 
 def breed_point(store: LatentStore, breed: int, breed_as: str = "centroid") -> np.ndarray:
@@ -105,9 +138,15 @@ def breed_point(store: LatentStore, breed: int, breed_as: str = "centroid") -> n
 
 
 @torch.no_grad()
-def decode_codes(model: BaseVAE, codes: np.ndarray) -> torch.Tensor:
+def decode_codes(model: BaseVAE, codes: np.ndarray, breed=None) -> torch.Tensor:
+    """Codes -> images; `breed` (indices, or breed weights as an array) for conditional models."""
     device = next(model.parameters()).device
-    return model.decode(torch.from_numpy(np.asarray(codes, np.float32)).to(device)).cpu()
+    if isinstance(breed, np.ndarray):
+        breed = torch.from_numpy(breed.astype(np.float32))
+    if breed is not None:
+        breed = breed.to(device)
+    z = torch.from_numpy(np.asarray(codes, np.float32)).to(device)
+    return model.decode(z, breed).cpu()
 
 
 def check_mix_options(steps: int, method: str, t: float | None, grid) -> None:
@@ -140,19 +179,24 @@ def mix(
     check_mix_options(steps, method, t, grid)
     names = [a, b, *(grid or ())]
     ends = [resolve_end(model, store, text, breed_as) for text in names]
+    if model.conditional:
+        _share_photo_code(ends, model.config.latent_dim)
     scale = max(1, 96 // model.config.image_size)
     if grid is not None:
-        codes = mix_grid(np.stack([e.code for e in ends]), steps, method)
-        picture = image_grid(decode_codes(model, codes), ncols=steps, scale=scale)
-    elif t is not None:
-        codes = interpolate(ends[0].code, ends[1].code, [t], method)
-        picture = image_grid(decode_codes(model, codes), ncols=1, scale=2 * scale)
+        codes, breeds = _walk(ends, method, lambda v, m: mix_grid(np.stack(v), steps, m))
+        picture = image_grid(decode_codes(model, codes, breeds), ncols=steps, scale=scale)
     else:
-        codes = interpolate(ends[0].code, ends[1].code, np.linspace(0, 1, steps), method)
-        picture = _strip_picture(model, ends, decode_codes(model, codes), scale)
+        ts = [t] if t is not None else np.linspace(0, 1, steps)
+        codes, breeds = _walk(ends, method, lambda v, m: interpolate(v[0], v[1], ts, m))
+        decoded = decode_codes(model, codes, breeds)
+        if t is not None:
+            picture = image_grid(decoded, ncols=1, scale=2 * scale)
+        else:
+            picture = _strip_picture(model, ends, decoded, scale)
+    breed_kind = "breed embedding" if model.conditional else f"breed {breed_as}"
     return {
         "ends": [e.label for e in ends],
-        "kinds": ["photo" if e.pixels is not None else f"breed {breed_as}" for e in ends],
+        "kinds": ["photo" if e.pixels is not None else breed_kind for e in ends],
         "method": method,
         "mode": "grid" if grid is not None else ("single" if t is not None else "strip"),
         "t": t,
@@ -160,6 +204,15 @@ def mix(
         "n_images": len(codes),
         "picture": str(save_png(picture, out)),
     }
+
+
+def _walk(ends: list[EndPoint], method: str, between) -> tuple[np.ndarray, np.ndarray | None]:
+    """`between(vectors, method)` for the ends' codes, and for a conditional model for their
+    breed weights too, always by lerp: they are shares of breeds, not directions."""
+    codes = between([e.code for e in ends], method)
+    if ends[0].breed is None:
+        return codes, None
+    return codes, between([e.breed for e in ends], "lerp")
 
 
 def _strip_picture(model, ends: list[EndPoint], decoded: torch.Tensor, scale: int):

@@ -51,7 +51,13 @@ def format_identify(result: dict) -> str:
         head = f"{result['image']}: {result['breed']}"
         ranked = "  top breeds:"
     lines = [head, "  " + _novelty_line(novelty), ranked]
+    if result.get("source") == "classifier":
+        lines[-1] += " (the model's classifier)"
     lines += [f"    {t['probability']:7.2%}  {t['breed']}" for t in result["top"]]
+    if "probe_top" in result:
+        lines.append("  the latent probe says: " + ", ".join(
+            f"{t['breed']} {t['probability']:.0%}" for t in result["probe_top"][:3]
+        ))  # fmt: skip
     probe = result["probe"]
     lines.append(
         f"  probe: {probe['chosen']} (validation top-1 k-NN {_share(probe['knn']['top1'])}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dogvae.errors import DogvaeError
 from dogvae.latents import LatentStore
@@ -34,27 +35,41 @@ def sample_dogs(
     temperature: float = 1.0,
     seed: int = 0,
 ) -> dict:
-    """Decode `n` codes drawn with `seed`: from the prior N(0, temperature^2 I), or around a
-    breed (its centroid and covariance in the latent store); write them as a grid."""
+    """Decode `n` codes drawn with `seed`: from the prior N(0, temperature^2 I), or for a breed.
+    A conditional model (cvae, ssvae) draws the breed from its decoder: prior codes decoded
+    with the breed's embedding (no store needed). A plain VAE samples around the breed's
+    centroid and covariance in the latent store. Writes them as a grid."""
     if n < 1:
         raise DogvaeError("--n must be at least 1")
     if temperature < 0:
         raise DogvaeError("--temperature must be 0 or more")
     rng = np.random.default_rng(seed)
-    if breed is None:
-        codes = temperature * rng.standard_normal((n, model.config.latent_dim))
-        source = "prior"
-    else:
+    if breed is not None and not model.conditional:
         index = find_breed(breed, store.breeds)
-        codes = breed_codes(store, index, n, temperature, rng)
+        images = decode_codes(model, breed_codes(store, index, n, temperature, rng))
         source = store.breeds[index]
-    images = decode_codes(model, codes)
+    else:
+        prior = temperature * rng.standard_normal((n, model.config.latent_dim))
+        if breed is None:
+            images, source = decode_codes(model, prior, _prior_breeds(model, n, rng)), "prior"
+        else:
+            index = find_breed(breed, model.breeds)
+            images = decode_codes(model, prior, torch.full((n,), index, dtype=torch.long))
+            source = model.breeds[index]
     ncols = int(np.ceil(np.sqrt(n)))
     scale = max(1, 96 // model.config.image_size)
     return {
         "source": source,
+        "method": "decoder" if breed is not None and model.conditional else "latent",
         "n": n,
         "temperature": temperature,
         "seed": seed,
         "picture": str(save_png(image_grid(images, ncols=ncols, scale=scale), out)),
     }
+
+
+def _prior_breeds(model: BaseVAE, n: int, rng: np.random.Generator) -> torch.Tensor | None:
+    """A model with a class prior (ssvae) draws each dog's breed from it, with `rng`."""
+    if not model.has_classifier:
+        return None
+    return torch.from_numpy(rng.integers(len(model.breeds), size=n))

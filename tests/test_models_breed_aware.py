@@ -1,0 +1,249 @@
+"""The breed-aware models: cvae and ssvae shapes and losses, the M2 loss by hand, label
+fractions, save/load, and a trained cvae drawing the breed it is asked for."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dogvae import checkpoint
+from dogvae.cli import main
+from dogvae.data.cache import load_images
+from dogvae.data.split import hold_back_labels, stratified_split
+from dogvae.errors import DogvaeError
+from dogvae.latents import STORE_FILE
+from dogvae.losses import kl_per_dim, reconstruction_nll
+from dogvae.model import VAEConfig, breed_candidates, build_model
+from dogvae.synth import synthesize
+from dogvae.tasks import mix, sample_dogs
+from dogvae.train import TrainConfig, train
+
+TINY = {
+    "image_size": 32,
+    "latent_dim": 8,
+    "enc_widths": [8, 16, 16],
+    "dec_widths": [16, 8, 8],
+    "dec_start_channels": 16,
+    "classifier_widths": [8, 16, 32],
+    "breed_embed_dim": 8,
+}
+BREEDS = 3
+
+
+def tiny_model(kind: str, n_breeds: int = BREEDS, **overrides):
+    torch.manual_seed(0)
+    return build_model(VAEConfig(**{**TINY, **overrides}, model=kind, n_breeds=n_breeds))
+
+
+@pytest.fixture(scope="session")
+def breed_synth(tmp_path_factory):
+    """3 synthetic breeds x 40 dogs at 32 px."""
+    data = tmp_path_factory.mktemp("breed-synth")
+    synthesize(data, breeds=BREEDS, per_breed=40, size=32, mutts=0, seed=3, progress=False)
+    return data
+
+
+def _train(data, out, kind: str, epochs: int, **train_settings):
+    train(
+        TrainConfig(
+            data=str(data), out=str(out), epochs=epochs, batch_size=16, lr=3e-3,
+            warmup_steps=5, progress=False, model_overrides={**TINY, "model": kind},
+            **train_settings,
+        )
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def breed_cvae_run(breed_synth, tmp_path_factory):
+    return _train(breed_synth, tmp_path_factory.mktemp("breed-cvae") / "run", "cvae", 10)
+
+
+@pytest.fixture(scope="session")
+def breed_ssvae_run(breed_synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("breed-ssvae") / "run"
+    return _train(breed_synth, out, "ssvae", 2, label_fraction=0.5)
+
+
+@pytest.mark.parametrize("kind", ["cvae", "ssvae"])
+def test_breed_aware_models_give_images_codes_and_finite_losses(kind):
+    model = tiny_model(kind)
+    x, labels = torch.rand(5, 3, 32, 32), torch.tensor([0, 2, -1, 1, -1])
+    out = model.loss(x, breed=labels)
+    out.total.backward()
+    assert math.isfinite(float(out.total.detach())) and float(out.elbo) > 0
+    assert model.conditional and model.has_classifier == (kind == "ssvae")
+    model.eval()
+    assert model.embed(x).shape == (5, 8)
+    assert model.reconstruct(x, labels.clamp(min=0)).shape == x.shape
+    assert model.sample(4, breed=1).shape == (4, 3, 32, 32)
+    assert model.decode(torch.zeros(2, 8), torch.tensor([[0.5, 0.5, 0.0]] * 2)).shape == (
+        2,
+        3,
+        32,
+        32,
+    )
+
+
+def test_plain_vae_is_not_conditional_and_old_configs_load_as_vae():
+    config = VAEConfig.from_dict({k: v for k, v in TINY.items() if not k.startswith(("cl", "br"))})
+    model = build_model(config)
+    assert config.model == "vae" and not model.conditional and not model.has_classifier
+    with pytest.raises(NotImplementedError, match="no breed classifier"):
+        model.classify(torch.rand(1, 3, 32, 32))
+
+
+def test_a_cvae_decodes_differently_for_different_breeds():
+    model = tiny_model("cvae").eval()
+    z = torch.zeros(1, 8)
+    assert not torch.allclose(
+        model.decode(z, torch.tensor([0])), model.decode(z, torch.tensor([1]))
+    )
+    # weights (1, 0, 0) are breed 0 itself; -1 and None are the same "unknown breed"
+    assert torch.allclose(
+        model.decode(z, torch.tensor([[1.0, 0.0, 0.0]])), model.decode(z, torch.tensor([0]))
+    )
+    assert torch.equal(model.decode(z, torch.tensor([-1])), model.decode(z))
+
+
+def _m2_by_hand(model, x, eps, labels):
+    """The M2 objective summed over every breed: no estimator, just the definition."""
+    cfg = model.config
+    log_q = torch.log_softmax(model.classify(x), 1)
+    total, elbo = 0.0, 0.0
+    for i in range(len(x)):
+        costs = []
+        for y in range(cfg.n_breeds):
+            e = model.breed_embedding.weight[y][None]
+            mu, logvar = model.encoder(x[i : i + 1], e)
+            z = mu + eps[i : i + 1] * torch.exp(0.5 * logvar)
+            recon = reconstruction_nll(
+                x[i : i + 1], model.decoder(z, e), "gaussian", model.log_scale
+            )
+            costs.append(recon[0] + kl_per_dim(mu, logvar).sum() + math.log(cfg.n_breeds))
+        costs = torch.stack(costs)
+        if labels[i] >= 0:
+            bound = costs[labels[i]]
+            target = labels[i : i + 1]
+            ce = F.cross_entropy(log_q[i : i + 1], target, label_smoothing=cfg.label_smoothing)
+            total += bound + cfg.classifier_weight * ce
+        else:
+            q = log_q[i].exp()
+            bound = (q * costs).sum() + (q * log_q[i]).sum()  # minus the entropy
+            total += bound
+        elbo += bound
+    return total / len(x), elbo / len(x)
+
+
+def test_m2_loss_matches_the_full_marginalisation_by_hand_when_top_k_plus_one_covers_all():
+    model = tiny_model("ssvae", classifier_top_k=2, classifier_weight=3.0).eval()
+    x, labels = torch.rand(4, 3, 32, 32), torch.tensor([-1, 2, -1, 0])
+    eps = torch.randn(4, 8)
+    with torch.no_grad():
+        out = model.objective(x, *model.noisy_forward(x, eps, labels), beta=1.0, breed=labels)
+        total, elbo = _m2_by_hand(model, x, eps, labels)
+    assert float(out.total) == pytest.approx(float(total), rel=1e-5)
+    assert float(out.elbo) == pytest.approx(float(elbo), rel=1e-5)
+
+
+def test_the_top_k_plus_one_sample_estimator_is_unbiased_over_the_draw():
+    probs = torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15]])
+    cost = torch.tensor([3.0, -1.0, 7.0, 2.0, 11.0])
+    estimates = []
+    for u in torch.linspace(0.0005, 0.9995, 1000):
+        rows, breeds, weights = breed_candidates(probs, None, 2, u[None])
+        assert len(rows) == 3  # two exact breeds and one drawn from the rest
+        estimates.append(float((weights * cost[breeds]).sum()))
+    assert np.mean(estimates) == pytest.approx(float((probs[0] * cost).sum()), abs=0.01)
+    assert np.std(estimates) > 0  # the drawn breed does vary
+
+
+def test_labelled_images_are_scored_with_their_own_breed_only():
+    probs = torch.softmax(torch.randn(3, 6), 1)
+    rows, breeds, weights = breed_candidates(probs, torch.tensor([4, -1, 1]), 3, torch.rand(3))
+    assert rows.tolist() == [0, 2, 1, 1, 1, 1]
+    assert breeds[:2].tolist() == [4, 1] and weights[:2].tolist() == [1.0, 1.0]
+    assert float(weights[2:].sum()) == pytest.approx(1.0)
+
+
+def test_label_fraction_keeps_that_share_of_each_breed_deterministically():
+    labels = np.repeat(np.arange(4), [20, 10, 3, 1])
+    labels = np.concatenate([labels, [-1, -1]])
+    train_rows, val_rows = stratified_split(labels, 0.1, seed=0)
+    kept = hold_back_labels(labels, train_rows, 0.3, seed=0)
+    for breed in range(4):
+        members = train_rows[labels[train_rows] == breed]
+        assert (kept[members] == breed).sum() == max(1, math.floor(0.3 * len(members) + 0.5))
+    assert np.array_equal(kept[val_rows], labels[val_rows])  # validation keeps its labels
+    assert np.array_equal(kept, hold_back_labels(labels, train_rows, 0.3, seed=0))
+    assert not np.array_equal(kept, hold_back_labels(labels, train_rows, 0.3, seed=1))
+    with pytest.raises(ValueError, match="label_fraction"):
+        hold_back_labels(labels, train_rows, 0.0)
+
+
+def test_ssvae_trains_reports_accuracy_and_loads_back_with_its_classifier(breed_ssvae_run):
+    records = [json.loads(line) for line in (breed_ssvae_run / "metrics.jsonl").open()]
+    assert all(0.0 <= r["val"]["top1"] <= r["val"]["top5"] <= 1.0 for r in records)
+    model = checkpoint.load(breed_ssvae_run)
+    assert model.config.model == "ssvae" and model.config.n_breeds == BREEDS
+    again = checkpoint.load(breed_ssvae_run)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model.classify(x), again.classify(x))
+    assert torch.equal(model.reconstruct(x), again.reconstruct(x))
+
+
+def test_cvae_refuses_a_folder_without_labels(tmp_path):
+    for i in range(20):
+        Image.new("RGB", (32, 32), (10 * i, 80, 120)).save(tmp_path / f"dog{i}.png")
+    with pytest.raises(DogvaeError, match="cvae model needs labelled images"):
+        _train(tmp_path, tmp_path / "run", "cvae", 1)
+
+
+def test_a_trained_cvae_draws_the_breed_it_is_asked_for(breed_cvae_run, breed_synth, tmp_path):
+    """Judged by a logistic regression on the pixels of the real training dogs."""
+    from sklearn.linear_model import LogisticRegression
+
+    images = load_images(breed_synth, 32, progress=False)
+    judge = LogisticRegression(max_iter=2000).fit(
+        images.images.reshape(len(images), -1) / 255.0, images.labels
+    )
+    model = checkpoint.load(breed_cvae_run)
+    hits = []
+    for breed in range(BREEDS):
+        drawn = model.sample(20, breed=breed, generator=torch.Generator().manual_seed(breed))
+        pixels = drawn.permute(0, 2, 3, 1).reshape(20, -1).numpy()
+        hits.append(judge.predict(pixels) == breed)
+    assert np.mean(hits) >= 0.8, f"{np.mean(hits, axis=1)} of each breed's samples judged right"
+
+
+def test_cli_samples_a_breed_from_the_cvae_decoder_without_a_latent_store(
+    breed_cvae_run, tmp_path, capsys
+):
+    model = checkpoint.load(breed_cvae_run)
+    out = tmp_path / "breed.png"
+    assert main(["sample", str(breed_cvae_run), "--breed", model.breeds[1], "--out", str(out),
+                 "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"] == model.breeds[1] and result["method"] == "decoder"
+    assert out.exists() and not (breed_cvae_run / STORE_FILE).exists()
+
+
+def test_cvae_breed_mix_keeps_z_and_walks_the_breed_embedding(breed_cvae_run, tmp_path):
+    model = checkpoint.load(breed_cvae_run)
+    a, b = model.breeds[0], model.breeds[2]
+    result = mix(model, None, a, b, tmp_path / "mix.png", steps=4)
+    assert result["kinds"] == ["breed embedding", "breed embedding"]
+    start = sample_dogs(model, tmp_path / "a.png", n=1, breed=a, temperature=0.0)
+    assert start["method"] == "decoder"
+    with torch.no_grad():
+        first = model.decode(torch.zeros(1, 8), torch.tensor([0]))
+        halfway = model.decode(torch.zeros(1, 8), torch.tensor([[0.5, 0.0, 0.5]]))
+    single = mix(model, None, a, b, tmp_path / "t.png", t=0.5)
+    assert single["n_images"] == 1
+    assert not torch.allclose(first, halfway)
