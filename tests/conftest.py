@@ -6,10 +6,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(
     os.environ.get("DOGVAE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+
+# The model shape every test that trains uses: 32 px, 8 latents, a few thousand weights.
+TINY_MODEL = {
+    "image_size": 32,
+    "latent_dim": 8,
+    "enc_widths": [8, 16, 16],
+    "dec_widths": [16, 8, 8],
+    "dec_start_channels": 16,
+}
 
 
 def shared_path(name: str) -> Path:
@@ -36,3 +46,12 @@ def _session_cache(tmp_path_factory):
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test decodes into its own cache folder, never the user's ~/.cache/dogvae."""
     monkeypatch.setenv("DOGVAE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose much when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,6 +23,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')")
 import httpx  # noqa: E402
+from conftest import TINY_MODEL  # noqa: E402
 
 from dogvae import checkpoint  # noqa: E402
 from dogvae.app import background_server, create_app  # noqa: E402
@@ -38,13 +39,6 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-TINY_MODEL = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-}
 BREEDS = 3
 MULTIPART = {"content-type": "multipart/form-data; boundary=dogvae"}
 

@@ -19,6 +19,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
 )
 import httpx  # noqa: E402
+from conftest import TINY_MODEL  # noqa: E402
 
 from dogvae.app import background_server, create_app  # noqa: E402
 from dogvae.synth import synthesize  # noqa: E402
@@ -30,13 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 BREEDS = 3
-TINY_MODEL = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-}
 
 
 def install_chromium() -> str | None:

@@ -19,20 +19,14 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
 from dogvae.checkpoint import model_from_info, read_config
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train, weights_fingerprint
 
-PLAIN_TINY_MODEL = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-    "norm": "none",
-}
+PLAIN_TINY_MODEL = {**TINY_MODEL, "norm": "none"}
 TRAIN = {"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "progress": False, "device": "cpu"}
 ELBO_RTOL = 1e-4  # measured at most 1.5e-5 (training loss after 10 steps)
 WEIGHT_ATOL = 0.02  # measured 0.005 after 10 Adam steps at lr 3e-3
@@ -49,12 +43,8 @@ def setting(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models_on_one_thread(one_thread):
+    pass
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_MODEL
 from PIL import Image, ImageDraw
 
 from dogvae import checkpoint
@@ -24,13 +25,6 @@ from dogvae.tasks import (
 from dogvae.tasks.identify import PROBE_FILE
 from dogvae.train import TrainConfig, train
 
-TINY_MODEL = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-}
 BREEDS = 4
 
 
@@ -146,7 +140,8 @@ def test_identify_probabilities_sum_to_one_and_the_probe_is_kept(loaded, tiny_ru
     run, data = tiny_run
     dog = data / "train" / f"{store.ids[store.val_rows[0]]}.jpg"
     result = identify(model, store, dog, top=BREEDS, run=run, out=tmp_path / "id.png")
-    assert set(result) == {"image", "breed", "top", "novelty", "probe", "picture"}
+    assert set(result) == {"image", "breed", "top", "novelty", "probe", "source", "picture"}
+    assert result["source"] == "probe"  # a plain VAE has no classifier of its own
     assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0)
     assert [t["breed"] for t in result["top"]] != [] and (run / PROBE_FILE).is_file()
     assert set(result["probe"]) >= {"knn", "logistic", "chosen", "temperature", "chance_top1"}

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
 import dogvae
@@ -17,14 +18,6 @@ from dogvae.cli import main
 from dogvae.errors import CheckpointError
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, TrainingError, train
-
-TINY_MODEL = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-}
 
 
 @pytest.fixture(scope="session")

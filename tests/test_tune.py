@@ -6,7 +6,6 @@ import json
 import signal
 
 import pytest
-import torch
 
 optuna = pytest.importorskip("optuna")
 
@@ -35,12 +34,8 @@ TINY_BASE = {
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models_on_one_thread(one_thread):
+    pass
 
 
 @pytest.fixture(scope="module")
