@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from dogvae.cli import main
 from dogvae.eval_report import SECTIONS, format_comparison
@@ -17,6 +18,7 @@ from dogvae.evaluate import (
     SCHEMA_VERSION,
     best_of,
     compare_runs,
+    confusion_table,
     evaluate_run,
     read_metrics,
 )
@@ -24,13 +26,6 @@ from dogvae.metrics import gaussian_window, ssim_per_image
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
 
-EVAL_TINY_MODEL = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-}
 EVAL_BREEDS = 4
 
 
@@ -43,7 +38,7 @@ def eval_run(tmp_path_factory):
     train(
         TrainConfig(
             data=str(data), out=str(run), epochs=3, batch_size=16, lr=3e-3, warmup_steps=5,
-            progress=False, model_overrides=dict(EVAL_TINY_MODEL),
+            progress=False, model_overrides=dict(TINY_MODEL),
         )
     )  # fmt: skip
     return run, data
@@ -101,7 +96,7 @@ def test_metrics_json_has_the_documented_keys_and_sane_figures(eval_run, eval_me
     rec = saved["reconstruction"]
     assert 0 < rec["ssim"] <= 1 and rec["psnr"] > 5
     assert set(rec["baselines"]) == {"mean_image", "pca"}
-    assert rec["baselines"]["pca"]["components"] == EVAL_TINY_MODEL["latent_dim"]
+    assert rec["baselines"]["pca"]["components"] == TINY_MODEL["latent_dim"]
     ident = saved["identification"]
     assert ident["chance"]["top1"] == pytest.approx(1 / EVAL_BREEDS)
     assert ident["classifier"] is None  # a plain VAE has none
@@ -154,6 +149,40 @@ def test_best_of_handles_ties_missing_values_and_unranked_rows():
     assert best_of([None, 3.0, 1.0], "lower") == [2]
     assert best_of([None, 3.0], "lower") == []  # one value: nothing to compare
     assert best_of([1.0, 2.0], None) == []
+
+
+def test_confusion_table_puts_the_most_confused_pair_first():
+    breeds = ["akita", "beagle", "corgi"]
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    predicted = np.array([1, 1, 0, 0, 1, 2, 2])
+    table = confusion_table(labels, np.eye(3)[predicted], breeds)
+    assert [(p["true"], p["predicted"], p["count"]) for p in table["pairs"]] == [
+        ("akita", "beagle", 2),
+        ("beagle", "akita", 1),
+    ]
+    assert table["pairs"][0]["share_of_true"] == pytest.approx(2 / 3)
+    assert table["matrix"] == [[1, 2, 0], [1, 1, 0], [0, 0, 2]]
+
+
+@pytest.mark.parametrize("kind", ["cvae", "ssvae"])
+def test_breed_aware_models_get_their_own_figures(eval_run, tmp_path, kind):
+    """Both draw chosen breeds (their decoders see the breed); the ssvae's own classifier is
+    scored and explains the confusions."""
+    _, data = eval_run
+    run = tmp_path / kind
+    train(
+        TrainConfig(
+            data=str(data), out=str(run), epochs=1, batch_size=16, lr=3e-3, warmup_steps=5,
+            progress=False, model_overrides={**TINY_MODEL, "model": kind,
+                                             "classifier_widths": [8, 16, 32]},
+        )
+    )  # fmt: skip
+    metrics = evaluate_run(run, data, progress=False)
+    ident = metrics["identification"]
+    assert (ident["classifier"] is not None) == (kind == "ssvae")
+    assert (ident["confusion_source"] == "the model's own classifier") == (kind == "ssvae")
+    assert metrics["pictures"]["breed_samples"] is not None
+    assert parse(run / "eval" / "report.html").ids == [anchor for anchor, _ in SECTIONS]
 
 
 def run_cli(capsys, *argv):

@@ -347,9 +347,10 @@ def line_chart(
     parts = [f'<text x="{left}" y="13" font-size="12">{html.escape(title)}</text>',
              f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
              'stroke="#ccc"/>',
-             f'<text x="{left - 4}" y="{top + 9}" font-size="10" text-anchor="end">{y1:.4g}</text>',
+             f'<text x="{left - 4}" y="{top + 9}" font-size="10" text-anchor="end">'
+             f"{_axis_value(y1)}</text>",
              f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">'
-             f"{y0:.4g}</text>",
+             f"{_axis_value(y0)}</text>",
              f'<text x="{left}" y="{top + plot_h + 11}" font-size="10">epoch {x0:g}</text>',
              f'<text x="{left + plot_w}" y="{top + plot_h + 11}" font-size="10" '
              f'text-anchor="end">{x1:g}</text>']  # fmt: skip
@@ -367,6 +368,11 @@ def line_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'role="img" aria-label="{html.escape(title)}">' + "".join(parts) + "</svg>"
     )
+
+
+def _axis_value(value: float) -> str:
+    """Short enough for the chart's margin: whole numbers from 1000 up, else 4 digits."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _breed_samples_html(path: str | None) -> str:

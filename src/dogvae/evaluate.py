@@ -45,8 +45,13 @@ from dogvae.metrics import (
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, pairs_grid, save_png
 from dogvae.tasks.clusters import cluster_latents
-from dogvae.tasks.identify import accuracy_at, choose_probe, evaluate_identify, softmax
-from dogvae.tasks.identify import breed_probe as latent_probe
+from dogvae.tasks.identify import (
+    accuracy_at,
+    breed_probe,
+    choose_probe,
+    evaluate_identify,
+    softmax,
+)
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -275,17 +280,13 @@ def identification_figures(model: BaseVAE, images, store: LatentStore, run: Path
         "logistic": report["logistic"],
         "classifier": None,
     }
-    probs = latent_probe(store, run).predict_proba(store.codes[val])
+    probs = breed_probe(store, run).predict_proba(store.codes[val])
     figures["confusion_source"] = f"{report['chosen']} probe on the latent codes"
-    if _has_classifier(model):
+    if model.has_classifier:
         probs = classifier_probabilities(model, images, store, val)
         figures["classifier"] = {f"top{k}": accuracy_at(probs, labels, k) for k in (1, 5)}
         figures["confusion_source"] = "the model's own classifier"
     return figures, (labels, probs)
-
-
-def _has_classifier(model: BaseVAE) -> bool:
-    return bool(getattr(model, "has_classifier", False))
 
 
 @torch.no_grad()
@@ -384,7 +385,7 @@ def prior_samples(model: BaseVAE, out: Path, n: int = GRID_DOGS) -> Path:
 def breed_samples(model: BaseVAE, breeds: list[str], out: Path) -> str | None:
     """A row of samples for each of up to BREED_SAMPLE_BREEDS breeds, drawn by a conditional
     model (`model.sample(n, breed=...)`); None for a model that cannot choose the breed."""
-    if not getattr(model, "conditional", False):
+    if not model.conditional:
         return None
     n = BREED_SAMPLES_EACH
     chosen = np.unique(np.linspace(0, len(model.breeds) - 1, BREED_SAMPLE_BREEDS).astype(int))
