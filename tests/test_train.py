@@ -209,6 +209,22 @@ def test_cli_trains_from_a_config_file_and_refuses_to_overwrite_a_run(tiny_data,
     assert [e["epoch"] for e in read_metrics(run)] == [1, 2]
 
 
+def test_cli_resume_needs_only_the_run_folder_and_keeps_its_settings(tiny_data, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 16, "lr": 3e-3}}))
+    run = tmp_path / "run"
+    first = ["train", "--data", str(tiny_data), "--out", str(run), "--config", str(config)]
+    assert main(first + ["--epochs", "1"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["latent_dim"] == 8 and saved["train"]["batch_size"] == 16
+    assert saved["train"]["lr"] == 3e-3 and saved["train"]["data"] == str(tiny_data)
+    assert [e["epoch"] for e in read_metrics(run)] == [1, 2]
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "pass --data" in capsys.readouterr().err
+
+
 def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
     from conftest import shared_path
 

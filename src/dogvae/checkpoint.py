@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import dogvae
@@ -90,6 +91,19 @@ def run_info(
         "data": data,
         "versions": library_versions(),
     }
+
+
+def last_run_info(run: Path) -> dict | None:
+    """The facts saved with the latest checkpoint (`run_info`, in last.safetensors' metadata),
+    or None when the run has none yet."""
+    path = Path(run) / LAST_WEIGHTS
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return json.loads((fh.metadata() or {})["dogvae"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
 
 
 def _require(path: Path, what: str) -> Path:

@@ -51,10 +51,33 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+RUN_ONLY_SETTINGS = ("out", "resume", "progress", "strict", "model_overrides")
+
+
+def _saved_run_config(run: Path, file_cfg: dict) -> dict:
+    """What the run in `run` was started with, read from its latest checkpoint, so that
+    `--resume` continues that same run; a --config file and command-line flags still win."""
+    from dogvae.checkpoint import last_run_info
+
+    info = last_run_info(run)
+    if info is None:
+        return file_cfg  # train() says there is nothing to resume
+    train_values = {k: v for k, v in info["train"].items() if k not in RUN_ONLY_SETTINGS}
+    return {
+        "preset": file_cfg.get("preset", info["preset"]),
+        "model": {**info["model"], **file_cfg.get("model", {})},
+        "train": {**train_values, **file_cfg.get("train", {})},
+    }
+
+
 def _train_config(args):
     from dogvae.train import TrainConfig
 
     file_cfg = json.loads(Path(args.config).read_text()) if args.config else {}
+    if args.resume:
+        file_cfg = _saved_run_config(args.out, file_cfg)
+    elif args.data is None:
+        raise DogvaeError("train needs --data DIR (only --resume reads it from the run)")
     overrides = dict(file_cfg.get("model", {}))
     for name in ("image_size", "latent_dim", "beta", "model"):
         if getattr(args, name) is not None:
@@ -68,8 +91,12 @@ def _train_config(args):
             values[name] = getattr(args, name)
     if args.compile:
         values["compile"] = True
+    if args.data is None and "data" not in values:
+        raise DogvaeError(
+            f"{args.out} holds no checkpoint to read the data folder from: pass --data"
+        )
     values.update(
-        data=str(args.data),
+        data=str(args.data or values["data"]),
         out=str(args.out),
         resume=args.resume,
         strict=args.strict,
@@ -373,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("train", help="train a VAE; checkpoints resume")
-    p.add_argument("--data", type=Path, required=True, help="data set folder (any layout)")
+    p.add_argument("--data", type=Path, help="data set folder (any layout; --resume: the run's)")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
     p.add_argument("--preset", choices=list(PRESETS), help="model shape (default small64)")
     p.add_argument("--epochs", type=int)

@@ -696,7 +696,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                         print(
                             f"\nstopped at epoch {epoch + 1}, batch {i + 1}; saved {run / checkpoint.LAST_WEIGHTS}."
                         )
-                        print(f"resume with: {_resume_command(cfg, model_cfg)}")
+                        print(f"resume with: {_resume_command(cfg)}")
                     log.close()
                     return {"stopped": True, "epoch": epoch, "batch_in_epoch": i + 1}
             bar.close()
@@ -770,9 +770,9 @@ def _fit_to_breeds(model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:
     return dataclasses.replace(model_cfg, n_breeds=len(images.breeds))
 
 
-def _resume_command(cfg: TrainConfig, model_cfg: VAEConfig) -> str:
-    model = f" --model {model_cfg.model}" if model_cfg.model != "vae" else ""
-    return f"dogvae train --data {cfg.data} --out {cfg.out} --preset {cfg.preset}{model} --resume"
+def _resume_command(cfg: TrainConfig) -> str:
+    """`--resume` reads the rest (data, preset, model, settings) from RUN/config.json."""
+    return f"dogvae train --out {cfg.out} --resume"
 
 
 def _epoch_line(record: dict) -> str:
