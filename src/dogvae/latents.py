@@ -303,11 +303,12 @@ def encode_images(
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, disable=not progress, desc="encoding", unit="batch", file=sys.stderr):
         x = to_batch(images[rows[start : start + batch_size]], device)
-        mu, logvar = model.encode(x)
+        breed = model.resolve_breed(x, None)  # ssvae: its classifier's breed; others: none
+        mu, logvar = model.encode(x, breed=breed)
         parts["mu"].append(mu)
         parts["logvar"].append(logvar)
-        parts["mu_mirror"].append(model.encode(x.flip(3))[0])
-        parts["mse"].append(mse_per_image(model.decode(mu), x))
+        parts["mu_mirror"].append(model.encode(x.flip(3), breed=breed)[0])
+        parts["mse"].append(mse_per_image(model.decode(mu, breed=breed), x))
     arrays = {name: torch.cat(values).float().cpu().numpy() for name, values in parts.items()}
     return Encoded(arrays["mu"], arrays["logvar"], arrays["mu_mirror"], arrays["mse"])
 
