@@ -162,7 +162,7 @@ def model_summary(model: BaseVAE) -> dict:
         "latent_dim": model.config.latent_dim,
         "likelihood": model.config.likelihood,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "breeds": len(model.breeds),
+        "n_breeds": len(model.breeds),
     }
 
 
