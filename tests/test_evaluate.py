@@ -18,6 +18,7 @@ from dogvae.evaluate import (
     SCHEMA_VERSION,
     best_of,
     compare_runs,
+    comparison_notes,
     confusion_table,
     evaluate_run,
     read_metrics,
@@ -149,6 +150,17 @@ def test_best_of_handles_ties_missing_values_and_unranked_rows():
     assert best_of([None, 3.0, 1.0], "lower") == [2]
     assert best_of([None, 3.0], "lower") == []  # one value: nothing to compare
     assert best_of([1.0, 2.0], None) == []
+
+
+def test_compare_warns_when_rows_do_not_compare_like_with_like():
+    def evaluated(kind, data="synth"):
+        model = {"type": kind, "image_size": 32, "likelihood": "gaussian"}
+        return {"data": data, "split": "val", "model": model}
+
+    assert comparison_notes([evaluated("vae"), evaluated("ssvae")]) == []
+    notes = comparison_notes([evaluated("vae"), evaluated("cvae", data="photos")])
+    assert len(notes) == 2
+    assert "data folder (photos, synth)" in notes[0] and "-log p(x | breed)" in notes[1]
 
 
 def test_confusion_table_puts_the_most_confused_pair_first():

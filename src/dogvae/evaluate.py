@@ -512,6 +512,12 @@ def comparison_notes(evaluated: list[dict]) -> list[str]:
         seen = sorted({str(get(m)) for m in evaluated})
         if len(seen) > 1:
             notes.append(f"the runs differ in {what} ({', '.join(seen)}): compare with care")
+    types = {m["model"]["type"] for m in evaluated}
+    if "cvae" in types and len(types) > 1:
+        notes.append(
+            "a cvae's ELBO bounds -log p(x | breed), given the breed; the others' bound "
+            "-log p(x): the ELBO rows do not compare like with like"
+        )
     return notes
 
 
