@@ -44,7 +44,7 @@ from dogvae.tasks.identify import breed_probe
 from dogvae.tasks.inputs import as_tensor, find_breed, run_crop
 from dogvae.tasks.mixing import BREED_POINTS, METHODS, breed_point, interpolate
 from dogvae.tasks.novelty import NoveltyScorer
-from dogvae.tasks.sample import breed_codes
+from dogvae.tasks.sample import draw_dogs
 
 MAX_UPLOAD_BYTES = 20_000_000  # 20 MB: a phone photo is 2-8 MB
 PHOTO_CACHE_SIZE = 256  # uploaded photos kept by reference (a few MB at 128 px)
@@ -370,15 +370,13 @@ class ServedRun:
         """New dogs from the prior, or around a breed; the same seed draws the same dogs as
         `dogvae sample --seed`."""
         seed = secrets.randbelow(2**31) if seed is None else seed
-        rng = np.random.default_rng(seed)
-        if breed:
-            index = find_breed(breed, self.breeds)
-            codes = breed_codes(self.require_store(), index, n, temperature, rng)
-            source = self.breeds[index]
-        else:
-            codes = temperature * rng.standard_normal((n, self.latent_dim))
-            source = "prior"
-        images = self._decode(codes)
+        breed = breed or None
+        store = self.require_store() if breed and not self.model.conditional else None
+        with self._inference():
+            images, source = draw_dogs(
+                self.model, n, breed, store, temperature, np.random.default_rng(seed)
+            )
+        images = to_uint8(images)
         return {
             "source": source,
             "n": n,

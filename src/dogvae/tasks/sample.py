@@ -43,19 +43,7 @@ def sample_dogs(
         raise DogvaeError("--n must be at least 1")
     if temperature < 0:
         raise DogvaeError("--temperature must be 0 or more")
-    rng = np.random.default_rng(seed)
-    if breed is not None and not model.conditional:
-        index = find_breed(breed, store.breeds)
-        images = decode_codes(model, breed_codes(store, index, n, temperature, rng))
-        source = store.breeds[index]
-    else:
-        prior = temperature * rng.standard_normal((n, model.config.latent_dim))
-        if breed is None:
-            images, source = decode_codes(model, prior, _prior_breeds(model, n, rng)), "prior"
-        else:
-            index = find_breed(breed, model.breeds)
-            images = decode_codes(model, prior, torch.full((n,), index, dtype=torch.long))
-            source = model.breeds[index]
+    images, source = draw_dogs(model, n, breed, store, temperature, np.random.default_rng(seed))
     ncols = int(np.ceil(np.sqrt(n)))
     scale = max(1, 96 // model.config.image_size)
     return {
@@ -66,6 +54,31 @@ def sample_dogs(
         "seed": seed,
         "picture": str(save_png(image_grid(images, ncols=ncols, scale=scale), out)),
     }
+
+
+def draw_dogs(
+    model: BaseVAE,
+    n: int,
+    breed: str | None,
+    store: LatentStore | None,
+    temperature: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, str]:
+    """n new dogs (N, 3, S, S) and where they came from ("prior" or the breed's name)."""
+    if breed is not None and not model.conditional:
+        if store is None:
+            raise DogvaeError("sampling a breed from a plain VAE needs its latent store")
+        index = find_breed(breed, store.breeds)
+        return decode_codes(model, breed_codes(store, index, n, temperature, rng)), store.breeds[
+            index
+        ]
+    prior = temperature * rng.standard_normal((n, model.config.latent_dim))
+    if breed is None:
+        return decode_codes(model, prior, _prior_breeds(model, n, rng)), "prior"
+    index = find_breed(breed, model.breeds)
+    return decode_codes(model, prior, torch.full((n,), index, dtype=torch.long)), model.breeds[
+        index
+    ]
 
 
 def _prior_breeds(model: BaseVAE, n: int, rng: np.random.Generator) -> torch.Tensor | None:
