@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from dogvae import checkpoint
 from dogvae.data.cache import load_images
@@ -18,19 +19,15 @@ from dogvae.latents import (
     breed_centroids,
     encode_dataset,
     encode_images,
+    model_bits,
     open_store,
+    png_bits,
     whitening_matrix,
 )
 from dogvae.model import VAEConfig, build_model
 from dogvae.synth import synthesize
 
-TINY = VAEConfig(
-    image_size=32,
-    latent_dim=8,
-    enc_widths=(8, 16, 16),
-    dec_widths=(16, 8, 8),
-    dec_start_channels=16,
-)
+TINY = VAEConfig(**TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +142,22 @@ def test_a_store_outlives_its_data_folder_but_not_other_weights(synth_data, tmp_
     assert not open_store(model, run, progress=False).encoded
     with pytest.raises(DataError, match="other weights"):
         open_store(save_untrained_run(run, data, seed=1), run, progress=False)
+
+
+def test_png_length_grows_with_what_there_is_to_say():
+    rng = np.random.default_rng(0)
+    flat = np.full((2, 32, 32, 3), 255, np.uint8)
+    noise = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    flat_bits, noise_bits = png_bits(flat), png_bits(noise)
+    assert (flat_bits < 2_000).all() and (noise_bits > 32 * 32 * 3 * 7).all()
+
+
+def test_code_gap_is_the_models_code_length_minus_the_pngs(synth_data, tmp_path):
+    model = save_untrained_run(tmp_path / "run", synth_data, seed=0)
+    images = load_images(synth_data, 32, progress=False).images[:4]
+    encoded = encode_images(model, images)
+    x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        bits = model_bits(model, x, model.decode_logits(mu), mu, logvar).numpy()
+    np.testing.assert_allclose(encoded.code_gap, bits - png_bits(images), rtol=1e-4)

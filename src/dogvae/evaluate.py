@@ -251,7 +251,7 @@ def pixel_feature_store(pca, images, store: LatentStore) -> LatentStore:
     zeros = np.zeros(len(labelled), np.float32)
     return LatentStore(
         mu=features[0], logvar=np.zeros_like(features[0]), mu_mirror=features[1],
-        labels=store.labels, ids=store.ids, is_val=store.is_val, recon_mse=zeros,
+        labels=store.labels, ids=store.ids, is_val=store.is_val, recon_mse=zeros, code_gap=zeros,
         breeds=store.breeds, weights_sha256="pixel-pca", data_key=store.data_key,
     )  # fmt: skip
 

@@ -2,8 +2,8 @@
 
 `RUN/latents.npz` holds, per image, the posterior mean and log-variance, the posterior mean of
 the mirrored image, the breed index, the id, whether the image is in the run's validation split,
-and the mean squared error of its reconstruction from the mean (the out-of-distribution scores
-need it). It records the sha256 of the weights and a key of the data set, so a store made by
+and the mean squared error of its reconstruction from the mean and its code-length gap (the
+out-of-distribution scores need them, see `dogvae.tasks.novelty`). It records the sha256 of the weights and a key of the data set, so a store made by
 other weights or from other images is never reused: `open_store` rebuilds it.
 
 Breed-level questions use `codes`, the average of an image's mean and its mirror's mean. A
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import math
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,15 +29,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from dogvae.atomic import atomic_path
 from dogvae.errors import DataError, DogvaeError
+from dogvae.losses import reconstruction_nll
 from dogvae.metrics import mse_per_image
 from dogvae.model import BaseVAE
 
 STORE_FILE = "latents.npz"
-STORE_FORMAT = "dogvae-latents/2"
+STORE_FORMAT = "dogvae-latents/3"
 ENCODE_BATCH = 256
 
 
@@ -50,6 +54,7 @@ class LatentStore:
     ids: np.ndarray  # (N,) str image ids
     is_val: np.ndarray  # (N,) bool: in the run's validation split
     recon_mse: np.ndarray  # (N,) float32 MSE of decode(mu) against the image, pixels in [0, 1]
+    code_gap: np.ndarray  # (N,) float32 bits: the model's code length minus PNG's (`code_gap`)
     breeds: list[str]
     weights_sha256: str  # the weights that encoded it
     data_key: str  # the image set it was encoded from (see `data_fingerprint`)
@@ -117,6 +122,13 @@ class LatentStore:
             return np.diag(both.var(0) + noise)
         return shrunk_covariance(both - both.mean(0)) + np.diag(noise)
 
+    def as_encoded(self, rows: np.ndarray) -> Encoded:
+        """These rows as the encoder gave them, for scoring like a new photo."""
+        return Encoded(
+            self.mu[rows], self.logvar[rows], self.mu_mirror[rows],
+            self.recon_mse[rows], self.code_gap[rows],
+        )  # fmt: skip
+
     def save(self, path: str | Path) -> Path:
         arrays = {
             "format": np.array(STORE_FORMAT),
@@ -127,6 +139,7 @@ class LatentStore:
             "ids": self.ids.astype(str),
             "is_val": self.is_val,
             "recon_mse": self.recon_mse,
+            "code_gap": self.code_gap,
             "breeds": np.array(self.breeds, dtype=str),
             "weights_sha256": np.array(self.weights_sha256),
             "data_key": np.array(self.data_key),
@@ -150,6 +163,7 @@ class LatentStore:
                     ids=f["ids"],
                     is_val=f["is_val"].astype(bool),
                     recon_mse=f["recon_mse"],
+                    code_gap=f["code_gap"],
                     breeds=[str(b) for b in f["breeds"]],
                     weights_sha256=str(f["weights_sha256"]),
                     data_key=str(f["data_key"]),
@@ -268,12 +282,13 @@ def to_batch(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
 @dataclass
 class Encoded:
     """Images through the encoder: posterior means and log-variances, the means of the
-    mirrored images, and the MSE of each image's reconstruction from its mean."""
+    mirrored images, the MSE of each image's reconstruction from its mean, and its code gap."""
 
     mu: np.ndarray
     logvar: np.ndarray
     mu_mirror: np.ndarray
     recon_mse: np.ndarray
+    code_gap: np.ndarray
 
     @property
     def codes(self) -> np.ndarray:
@@ -299,7 +314,9 @@ def encode_images(
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
     if len(rows) == 0:
         raise DogvaeError("no images to encode")
-    parts: dict[str, list[torch.Tensor]] = {"mu": [], "logvar": [], "mu_mirror": [], "mse": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "mu": [], "logvar": [], "mu_mirror": [], "mse": [], "bits": []
+    }  # fmt: skip
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, disable=not progress, desc="encoding", unit="batch", file=sys.stderr):
         x = to_batch(images[rows[start : start + batch_size]], device)
@@ -308,9 +325,32 @@ def encode_images(
         parts["mu"].append(mu)
         parts["logvar"].append(logvar)
         parts["mu_mirror"].append(model.encode(x.flip(3), breed=breed)[0])
-        parts["mse"].append(mse_per_image(model.decode(mu, breed=breed), x))
+        logits = model.decode_logits(mu, breed=breed)
+        parts["mse"].append(mse_per_image(torch.sigmoid(logits.float()), x))
+        parts["bits"].append(model_bits(model, x, logits, mu, logvar))
     arrays = {name: torch.cat(values).float().cpu().numpy() for name, values in parts.items()}
-    return Encoded(arrays["mu"], arrays["logvar"], arrays["mu_mirror"], arrays["mse"])
+    gap = arrays["bits"] - png_bits(images[rows])
+    return Encoded(arrays["mu"], arrays["logvar"], arrays["mu_mirror"], arrays["mse"], gap)
+
+
+def model_bits(model: BaseVAE, x, logits, mu, logvar) -> torch.Tensor:
+    """The model's code length for each image in bits: -log p(x | mu) + KL, with 8 bits per
+    sub-pixel added so that a density on [0, 1] compares with a code for 8-bit pixels."""
+    cfg = model.config
+    nll = reconstruction_nll(x, logits, cfg.likelihood, model.log_scale)
+    kl = 0.5 * (logvar.float().exp() + mu.float() ** 2 - 1.0 - logvar.float()).sum(1)
+    return (nll + kl) / math.log(2) + x[0].numel() * 8
+
+
+def png_bits(images: np.ndarray) -> np.ndarray:
+    """Each uint8 (S, S, 3) image's length as a PNG, in bits: a generic measure of how much
+    there is to say about it (its complexity, as in Serra et al. 2020)."""
+    lengths = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG", compress_level=9)
+        lengths.append(8 * buffer.tell())
+    return np.asarray(lengths, np.float32)
 
 
 def encode_dataset(
@@ -332,6 +372,7 @@ def encode_dataset(
         ids=np.asarray([str(images.ids[i]) for i in labelled]),
         is_val=is_val[labelled],
         recon_mse=encoded.recon_mse,
+        code_gap=encoded.code_gap,
         breeds=list(images.breeds),
         weights_sha256=weights_fingerprint(model),
         data_key=data_fingerprint(images, _run_setting(model, "crop", "center")),

@@ -35,7 +35,14 @@ from PIL import Image
 from dogvae import checkpoint
 from dogvae.data.decode import MAX_PIXELS, load_photo
 from dogvae.errors import DogvaeError
-from dogvae.latents import LatentStore, encode_dataset, encode_images, load_dataset, open_store
+from dogvae.latents import (
+    Encoded,
+    LatentStore,
+    encode_dataset,
+    encode_images,
+    load_dataset,
+    open_store,
+)
 from dogvae.metrics import psnr_per_image
 from dogvae.model import count_parameters
 from dogvae.pictures import image_grid, to_uint8
@@ -71,7 +78,7 @@ class Photo:
     pixels: np.ndarray  # (S, S, 3) uint8, cropped and sized like the training images
     mu: np.ndarray  # (D,) posterior mean
     code: np.ndarray  # (D,) facing-invariant code (what breed questions compare)
-    recon_mse: float
+    encoded: Encoded  # what the encoder made of it, for the novelty score
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class GalleryDog:
     breed: str
     code: np.ndarray
     mu: np.ndarray
-    recon_mse: float
+    encoded: Encoded
     pixels: np.ndarray  # the photo, or its reconstruction when the data folder is gone
     decoded: bool
 
@@ -187,7 +194,7 @@ class ServedRun:
                 breed=store.breeds[store.labels[r]],
                 code=codes[i],
                 mu=store.mu[r],
-                recon_mse=float(store.recon_mse[r]),
+                encoded=store.as_encoded(np.array([r])),
                 pixels=pixels[i],
                 decoded=decoded,
             )
@@ -242,7 +249,7 @@ class ServedRun:
             pixels=pixels,
             mu=encoded.mu[0],
             code=encoded.codes[0],
-            recon_mse=float(encoded.recon_mse[0]),
+            encoded=encoded,
         )
         with self._photos_lock:
             self._photos[ref] = photo
@@ -260,7 +267,7 @@ class ServedRun:
                 return found
         dog = self.gallery.get(ref)
         if dog is not None:
-            return Photo(ref, dog.id, dog.pixels, dog.mu, dog.code, dog.recon_mse)
+            return Photo(ref, dog.id, dog.pixels, dog.mu, dog.code, dog.encoded)
         raise UnknownPhoto(
             f"no photo {ref!r} here: upload it again (the server keeps the last "
             f"{self._photo_cache_size} photos, and forgets them all when it restarts)"
@@ -318,7 +325,7 @@ class ServedRun:
         }
 
     def _novelty(self, photo: Photo) -> dict:
-        return finite(self.scorer.score(photo.code[None], np.array([photo.recon_mse]))[0])
+        return finite(self.scorer.score(photo.encoded)[0])
 
     def describe(self, photo: Photo) -> dict:
         return {"ref": photo.ref, "name": photo.name, "image": data_url(photo.pixels)}

@@ -223,7 +223,7 @@ def ancestry(
     encoded = encode_images(model, pixels)
     centroids = store.centroids()
     found = explain(encoded.codes[0], centroids, _within_whitener(store), penalty)
-    novelty = NoveltyScorer.fit(store).score(encoded.codes, encoded.recon_mse, encoded.kl_rate)[0]
+    novelty = NoveltyScorer.fit(store).score(encoded)[0]
     result = {
         "image": str(photo),
         "parents": [

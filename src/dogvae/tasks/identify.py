@@ -250,7 +250,7 @@ def identify(
     probe_probs = probe.predict_proba(encoded.codes)[0]
     probs = classifier_probabilities(model, pixels)[0] if model.has_classifier else probe_probs
     order = np.argsort(-probs, kind="stable")[: max(1, top)]
-    novelty = NoveltyScorer.fit(store).score(encoded.codes, encoded.recon_mse, encoded.kl_rate)[0]
+    novelty = NoveltyScorer.fit(store).score(encoded)[0]
     result = {
         "image": str(photo),
         "breed": None if novelty["unlike_training_dogs"] else store.breeds[order[0]],
@@ -290,9 +290,7 @@ def evaluate_identify(store: LatentStore, run: str | Path | None = None) -> dict
     dogs the novelty flag calls unlike the training dogs."""
     probe = breed_probe(store, run)
     val = store.val_rows
-    flags = NoveltyScorer.fit(store).score(
-        store.codes[val], store.recon_mse[val], store.kl_rate[val]
-    )
+    flags = NoveltyScorer.fit(store).score(store.as_encoded(val))
     return {
         **probe.report,
         "val_flagged_as_unlike": float(np.mean([f["unlike_training_dogs"] for f in flags]))
