@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,49 @@ TINY_MODEL = {
     "dec_widths": [16, 8, 8],
     "dec_start_channels": 16,
 }
+
+
+def train_tiny_run(
+    root: Path,
+    *,
+    breeds: int,
+    per_breed: int,
+    mutts: int,
+    seed: int,
+    epochs: int,
+    warmup_steps: int = 5,
+) -> tuple[Path, Path]:
+    """Synthetic breeds at 32 px in root/data and a tiny model trained on them in root/run;
+    a second call with the same root finds the finished run and trains nothing."""
+    from dogvae.synth import synthesize
+    from dogvae.train import TrainConfig, train
+
+    run, data = root / "run", root / "data"
+    if not (run / "metrics.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        synthesize(
+            data,
+            breeds=breeds,
+            per_breed=per_breed,
+            size=32,
+            mutts=mutts,
+            seed=seed,
+            progress=False,
+        )
+        train(
+            TrainConfig(
+                data=str(data),
+                out=str(run),
+                epochs=epochs,
+                batch_size=16,
+                lr=3e-3,
+                warmup_steps=warmup_steps,
+                progress=False,
+                model_overrides=dict(TINY_MODEL),
+                cache_dir=str(root / "cache"),
+            )
+        )
+    return run, data
 
 
 def shared_path(name: str) -> Path:

@@ -23,16 +23,14 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')")
 import httpx  # noqa: E402
-from conftest import TINY_MODEL  # noqa: E402
+from conftest import train_tiny_run  # noqa: E402
 
 from dogvae import checkpoint  # noqa: E402
 from dogvae.app import background_server, create_app  # noqa: E402
 from dogvae.app.service import ServedRun  # noqa: E402
 from dogvae.cli import main  # noqa: E402
 from dogvae.latents import open_store  # noqa: E402
-from dogvae.synth import synthesize  # noqa: E402
 from dogvae.tasks import ancestry, identify  # noqa: E402
-from dogvae.train import TrainConfig, train  # noqa: E402
 
 with warnings.catch_warnings():
     # Starlette 1.x suggests httpx2 for its test client; httpx, in the dev extra, still works.
@@ -43,27 +41,15 @@ BREEDS = 3
 MULTIPART = {"content-type": "multipart/form-data; boundary=dogvae"}
 
 
-def tiny_trained_run(tmp_path_factory):
-    """3 synthetic breeds x 30 dogs and 4 mutts at 32 px; a tiny VAE trained 4 epochs (enough
-    for the decoder to draw different dogs for different codes). Trained once per session:
-    test_app.py and test_app_browser.py find it under the same name."""
-    root = tmp_path_factory.getbasetemp() / "app-tiny-run"
-    run, data = root / "run", root / "data"
-    if not (run / "metrics.json").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        synthesize(data, breeds=BREEDS, per_breed=30, size=32, mutts=4, seed=3, progress=False)
-        train(
-            TrainConfig(
-                data=str(data), out=str(run), epochs=4, batch_size=16, lr=3e-3, warmup_steps=2,
-                progress=False, model_overrides=dict(TINY_MODEL), cache_dir=str(root / "cache"),
-            )
-        )  # fmt: skip
-    return run, data
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    return tiny_trained_run(tmp_path_factory)
+    """3 synthetic breeds x 30 dogs and 4 mutts; a tiny VAE trained 4 epochs (enough for the
+    decoder to draw different dogs for different codes). Trained once per session: the app
+    and browser tests find it under the same name."""
+    return train_tiny_run(
+        tmp_path_factory.getbasetemp() / "app-tiny-run",
+        breeds=BREEDS, per_breed=30, mutts=4, seed=3, epochs=4, warmup_steps=2,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

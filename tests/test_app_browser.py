@@ -19,11 +19,9 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
 )
 import httpx  # noqa: E402
-from conftest import TINY_MODEL  # noqa: E402
+from conftest import train_tiny_run  # noqa: E402
 
 from dogvae.app import background_server, create_app  # noqa: E402
-from dogvae.synth import synthesize  # noqa: E402
-from dogvae.train import TrainConfig, train  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("DOGVAE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -58,27 +56,15 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-def tiny_trained_run(tmp_path_factory):
-    """3 synthetic breeds x 30 dogs and 4 mutts at 32 px; a tiny VAE trained 4 epochs (enough
-    for the decoder to draw different dogs for different codes). Trained once per session:
-    test_app.py and test_app_browser.py find it under the same name."""
-    root = tmp_path_factory.getbasetemp() / "app-tiny-run"
-    run, data = root / "run", root / "data"
-    if not (run / "metrics.json").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        synthesize(data, breeds=BREEDS, per_breed=30, size=32, mutts=4, seed=3, progress=False)
-        train(
-            TrainConfig(
-                data=str(data), out=str(run), epochs=4, batch_size=16, lr=3e-3, warmup_steps=2,
-                progress=False, model_overrides=dict(TINY_MODEL), cache_dir=str(root / "cache"),
-            )
-        )  # fmt: skip
-    return run, data
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    return tiny_trained_run(tmp_path_factory)
+    """3 synthetic breeds x 30 dogs and 4 mutts; a tiny VAE trained 4 epochs (enough for the
+    decoder to draw different dogs for different codes). Trained once per session: the app
+    and browser tests find it under the same name."""
+    return train_tiny_run(
+        tmp_path_factory.getbasetemp() / "app-tiny-run",
+        breeds=BREEDS, per_breed=30, mutts=4, seed=3, epochs=4, warmup_steps=2,
+    )  # fmt: skip
 
 
 def test_upload_a_dog_read_its_breed_and_slide_the_mix_in_chromium(chromium, tiny_run, tmp_path):

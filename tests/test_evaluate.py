@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, train_tiny_run
 
 from dogvae.cli import main
 from dogvae.eval_report import SECTIONS, format_comparison
@@ -24,7 +24,6 @@ from dogvae.evaluate import (
     read_metrics,
 )
 from dogvae.metrics import gaussian_window, ssim_per_image
-from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
 
 EVAL_BREEDS = 4
@@ -33,16 +32,9 @@ EVAL_BREEDS = 4
 @pytest.fixture(scope="session")
 def eval_run(tmp_path_factory):
     """4 synthetic breeds x 30 dogs and 8 mutts at 32 px; a tiny VAE trained 3 epochs."""
-    data = tmp_path_factory.mktemp("eval-synth")
-    synthesize(data, breeds=EVAL_BREEDS, per_breed=30, size=32, mutts=8, seed=2, progress=False)
-    run = tmp_path_factory.mktemp("eval") / "run"
-    train(
-        TrainConfig(
-            data=str(data), out=str(run), epochs=3, batch_size=16, lr=3e-3, warmup_steps=5,
-            progress=False, model_overrides=dict(TINY_MODEL),
-        )
-    )  # fmt: skip
-    return run, data
+    return train_tiny_run(
+        tmp_path_factory.mktemp("eval"), breeds=EVAL_BREEDS, per_breed=30, mutts=8, seed=2, epochs=3
+    )
 
 
 @pytest.fixture(scope="session")

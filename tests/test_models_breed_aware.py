@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL
 from PIL import Image
 
 from dogvae import checkpoint
@@ -24,15 +25,7 @@ from dogvae.synth import synthesize
 from dogvae.tasks import mix, sample_dogs
 from dogvae.train import TrainConfig, train
 
-TINY = {
-    "image_size": 32,
-    "latent_dim": 8,
-    "enc_widths": [8, 16, 16],
-    "dec_widths": [16, 8, 8],
-    "dec_start_channels": 16,
-    "classifier_widths": [8, 16, 32],
-    "breed_embed_dim": 8,
-}
+TINY = {**TINY_MODEL, "classifier_widths": [8, 16, 32], "breed_embed_dim": 8}
 BREEDS = 3
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_MODEL
+from conftest import train_tiny_run
 from PIL import Image, ImageDraw
 
 from dogvae import checkpoint
 from dogvae.cli import main
 from dogvae.latents import open_store
-from dogvae.synth import synthesize
 from dogvae.tasks import (
     ancestry,
     cluster_latents,
@@ -23,7 +22,6 @@ from dogvae.tasks import (
     sample_dogs,
 )
 from dogvae.tasks.identify import PROBE_FILE
-from dogvae.train import TrainConfig, train
 
 BREEDS = 4
 
@@ -31,16 +29,9 @@ BREEDS = 4
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """4 synthetic breeds x 40 dogs and 12 mutts at 32 px; a tiny VAE trained 6 epochs."""
-    data = tmp_path_factory.mktemp("tasks-synth")
-    synthesize(data, breeds=BREEDS, per_breed=40, size=32, mutts=12, seed=1, progress=False)
-    run = tmp_path_factory.mktemp("tasks") / "run"
-    train(
-        TrainConfig(
-            data=str(data), out=str(run), epochs=6, batch_size=16, lr=3e-3, warmup_steps=5,
-            progress=False, model_overrides=dict(TINY_MODEL),
-        )
-    )  # fmt: skip
-    return run, data
+    return train_tiny_run(
+        tmp_path_factory.mktemp("tasks"), breeds=BREEDS, per_breed=40, mutts=12, seed=1, epochs=6
+    )
 
 
 @pytest.fixture(scope="session")
