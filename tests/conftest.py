@@ -99,3 +99,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+APP_BREEDS = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """3 synthetic breeds x 30 dogs and 4 mutts; a tiny VAE trained 4 epochs (enough for the
+    decoder to draw different dogs for different codes), shared by the app and browser tests.
+    Modules that need another run define their own `tiny_run`."""
+    return train_tiny_run(
+        tmp_path_factory.getbasetemp() / "app-tiny-run",
+        breeds=APP_BREEDS, per_breed=30, mutts=4, seed=3, epochs=4, warmup_steps=2,
+    )  # fmt: skip

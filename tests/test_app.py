@@ -23,7 +23,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')")
 import httpx  # noqa: E402
-from conftest import train_tiny_run  # noqa: E402
+from conftest import APP_BREEDS as BREEDS  # noqa: E402
 
 from dogvae import checkpoint  # noqa: E402
 from dogvae.app import background_server, create_app  # noqa: E402
@@ -37,19 +37,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-BREEDS = 3
 MULTIPART = {"content-type": "multipart/form-data; boundary=dogvae"}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """3 synthetic breeds x 30 dogs and 4 mutts; a tiny VAE trained 4 epochs (enough for the
-    decoder to draw different dogs for different codes). Trained once per session: the app
-    and browser tests find it under the same name."""
-    return train_tiny_run(
-        tmp_path_factory.getbasetemp() / "app-tiny-run",
-        breeds=BREEDS, per_breed=30, mutts=4, seed=3, epochs=4, warmup_steps=2,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
 )
 import httpx  # noqa: E402
-from conftest import train_tiny_run  # noqa: E402
 
 from dogvae.app import background_server, create_app  # noqa: E402
 
@@ -28,7 +27,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-BREEDS = 3
 
 
 def install_chromium() -> str | None:
@@ -54,17 +52,6 @@ def chromium() -> Path:
     if why_not:
         pytest.skip(why_not)
     return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """3 synthetic breeds x 30 dogs and 4 mutts; a tiny VAE trained 4 epochs (enough for the
-    decoder to draw different dogs for different codes). Trained once per session: the app
-    and browser tests find it under the same name."""
-    return train_tiny_run(
-        tmp_path_factory.getbasetemp() / "app-tiny-run",
-        breeds=BREEDS, per_breed=30, mutts=4, seed=3, epochs=4, warmup_steps=2,
-    )  # fmt: skip
 
 
 def test_upload_a_dog_read_its_breed_and_slide_the_mix_in_chromium(chromium, tiny_run, tmp_path):

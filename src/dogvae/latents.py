@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dogvae.atomic import atomic_path
 from dogvae.errors import DataError, DogvaeError
-from dogvae.losses import reconstruction_nll
+from dogvae.losses import kl_per_dim, reconstruction_nll
 from dogvae.metrics import mse_per_image
 from dogvae.model import BaseVAE
 
@@ -338,7 +338,7 @@ def model_bits(model: BaseVAE, x, logits, mu, logvar) -> torch.Tensor:
     sub-pixel added so that a density on [0, 1] compares with a code for 8-bit pixels."""
     cfg = model.config
     nll = reconstruction_nll(x, logits, cfg.likelihood, model.log_scale)
-    kl = 0.5 * (logvar.float().exp() + mu.float() ** 2 - 1.0 - logvar.float()).sum(1)
+    kl = kl_per_dim(mu.float(), logvar.float()).sum(1)
     return (nll + kl) / math.log(2) + x[0].numel() * 8
 
 
