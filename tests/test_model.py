@@ -48,6 +48,25 @@ def test_config_rejects_an_image_size_the_stages_cannot_halve():
         VAEConfig.from_dict({"colour": 1})
 
 
+def test_blocks_per_stage_accepts_one_count_or_one_per_stage_and_the_decoder_mirrors_it():
+    assert VAEConfig(blocks_per_stage=2).stage_blocks == (2, 2, 2, 2)
+    two_stages = VAEConfig(blocks_per_stage=1, enc_widths=(8, 16), dec_widths=(8, 8))
+    assert two_stages.stage_blocks == (1, 1)
+    assert VAEConfig.from_dict({"blocks_per_stage": [0, 1, 1, 2]}).stage_blocks == (0, 1, 1, 2)
+    with pytest.raises(ValueError, match="blocks_per_stage needs one non-negative count per stage"):
+        VAEConfig(blocks_per_stage=(1, 1))
+    model = build_model(VAEConfig(blocks_per_stage=(0, 1, 0, 2)))
+
+    def residual_blocks(stages):
+        return [sum(type(m).__name__ == "ResidualBlock" for m in stage) for stage in stages]
+
+    encoder_stages = list(model.encoder.features)[:-1]  # the last is Flatten
+    decoder_stages = [m for m in model.decoder.net if isinstance(m, torch.nn.Sequential)]
+    decoder_stages = [s for s in decoder_stages if isinstance(s[0], torch.nn.ConvTranspose2d)]
+    assert residual_blocks(encoder_stages) == [0, 1, 0, 2]
+    assert residual_blocks(decoder_stages) == [2, 0, 1, 0]
+
+
 def test_kl_matches_a_monte_carlo_estimate():
     torch.manual_seed(0)
     mu, logvar = torch.tensor([[0.7, -1.2, 0.0]]), torch.tensor([[-0.5, 0.3, -2.0]])

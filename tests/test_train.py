@@ -40,6 +40,16 @@ def read_metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_preset_sets_its_training_defaults_and_explicit_settings_win():
+    seed = TrainConfig(data="d", out="o", preset="seed").resolved()
+    assert (seed.weight_decay, seed.warmup_steps, seed.grad_clip) == (0.0, 0, 0.0)  # Keras' Adam
+    assert (seed.batch_size, seed.lr) == (32, 1e-4)
+    mine = TrainConfig(data="d", out="o", preset="seed", grad_clip=1.0, lr=3e-4).resolved()
+    assert (mine.grad_clip, mine.lr, mine.weight_decay) == (1.0, 3e-4, 0.0)
+    small = TrainConfig(data="d", out="o").resolved()
+    assert (small.weight_decay, small.warmup_steps, small.grad_clip) == (1e-4, 100, 5.0)
+
+
 def test_short_run_lowers_validation_elbo_and_keeps_the_best_epoch(tiny_data, tmp_path):
     summary = train(tiny_config(tiny_data, tmp_path / "run", epochs=6))
     epochs = read_metrics(tmp_path / "run")

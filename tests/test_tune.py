@@ -22,6 +22,7 @@ TINY_BASE = {
         "enc_widths": [8, 16, 16],
         "dec_widths": [16, 8, 8],
         "dec_start_channels": 16,
+        "blocks_per_stage": [0, 1, 1],  # res64 spells its blocks per stage: three stages here
     },
     "train": {"warmup_steps": 5, "device": "cpu"},
     "search": {

@@ -85,12 +85,10 @@ def _train_config(args):
     values = {**file_cfg.get("train", {}), "preset": file_cfg.get("preset", "small64")}
     for name in (
         "preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop",
-        "label_fraction",
+        "label_fraction", "compile",
     ):  # fmt: skip
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    if args.compile:
-        values["compile"] = True
     if args.data is None and "data" not in values:
         raise DogvaeError(
             f"{args.out} holds no checkpoint to read the data folder from: pass --data"
@@ -421,7 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model's forward pass (default: the preset's choice)",
+    )
     p.add_argument("--crop", choices=["center", "squash"])
     p.add_argument("--seed", type=int)
     p.add_argument("--strict", action="store_true", help="fail on the first unusable image")

@@ -47,9 +47,14 @@ class TrainingError(DogvaeError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
 
+# What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
+TRAIN_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False}
+
+
 @dataclass
 class TrainConfig:
-    """How to train. `None` fields take the preset's value (see `dogvae.model.PRESETS`).
+    """How to train. `None` fields take the preset's value (see `dogvae.model.PRESETS`): its
+    epochs, batch size and learning rate, and its `train_overrides` of `TRAIN_DEFAULTS`.
 
     `batch_size` is the global batch: under torchrun with N processes each takes 1/N of it.
     `device_cache` ("auto", "on", "off") holds the decoded uint8 images on the training device
@@ -65,16 +70,16 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    grad_clip: float = 5.0
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    grad_clip: float | None = None
     ema_decay: float = 0.0
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
     channels_last: str = "auto"
-    compile: bool = False
+    compile: bool | None = None
     device_cache: str = "auto"
     crop: str = "center"
     cache_dir: str | None = None
@@ -96,10 +101,13 @@ class TrainConfig:
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise DogvaeError(f"{name} must be auto, on or off, not {getattr(self, name)!r}")
         preset = PRESETS[self.preset]
-        values = {**preset.train_overrides, **{k: v for k, v in self.__dict__.items()}}
+        values = dict(self.__dict__)
         for name in ("epochs", "batch_size", "lr"):
             if values[name] is None:
                 values[name] = getattr(preset, name)
+        for name, default in TRAIN_DEFAULTS.items():
+            if values[name] is None:
+                values[name] = preset.train_overrides.get(name, default)
         return TrainConfig(**values)
 
     def model_config(self) -> VAEConfig:
