@@ -2,7 +2,9 @@
 
 For each preset (at its default batch size) it prints images/second for forward + backward +
 optimiser step, peak resident memory, and the ratio bare / dogvae: dogvae's step includes its
-data loading from the cache (on a GPU: from the copy held there), logging and progress bar.
+data loading from the cache (on a GPU: from the copy held there), logging and progress bar,
+and on a glibc CPU its `keep_freed_memory` setting, which the bare loop (as a user would write
+it) lacks, so a ratio below 1 is that setting's gain.
 Each measurement runs in its own process so peak memory is per configuration. Also compares
 float32 with bf16 autocast (images/s, and validation ELBO after a short identical run).
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import platform
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +51,37 @@ def test_a_preset_sets_its_training_defaults_and_explicit_settings_win():
     assert (mine.grad_clip, mine.lr, mine.weight_decay) == (1.0, 3e-4, 0.0)
     small = TrainConfig(data="d", out="o").resolved()
     assert (small.weight_decay, small.warmup_steps, small.grad_clip) == (1e-4, 100, 5.0)
+
+
+FAULTS_SCRIPT = """
+import ctypes, resource
+from dogvae.train import keep_freed_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+size = 64 << 20  # over glibc's largest mmap threshold, like seed's dense-layer gradients
+
+def page_faults_for_a_written_block():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = [page_faults_for_a_written_block() for _ in range(2)]
+took = keep_freed_memory()
+kept = [page_faults_for_a_written_block() for _ in range(3)]
+print(default[-1], took, kept[-1])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_reuses_a_big_block_without_fresh_page_faults():
+    # its own process: the setting is process-wide, and training in this one sets it
+    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True)
+    default, took, kept = out.stdout.split()
+    assert int(default) > 10_000  # glibc's default: a fresh mmap, 16,384 pages, every time
+    assert took == "True"
+    assert int(kept) < 1000
 
 
 def test_short_run_lowers_validation_elbo_and_keeps_the_best_epoch(tiny_data, tmp_path):
