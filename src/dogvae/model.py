@@ -187,7 +187,7 @@ PRESETS: dict[str, Preset] = {
         train_overrides={"weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 0.0},
     ),
     "small64": Preset(
-        model=VAEConfig(image_size=64, latent_dim=128),
+        model=VAEConfig(image_size=64, latent_dim=128, dec_widths=(128, 64, 32, 16)),
         batch_size=64,
         lr=2e-3,
         epochs=40,
