@@ -196,8 +196,9 @@ def keep_freed_memory() -> bool:
     PyTorch's CPU tensors come from malloc, which serves blocks over 32 MB (seed's dense-layer
     gradients and bf16 weight copies) with fresh mmaps, freed again each step: 60,000 page
     faults and a sixth of a seed step in the kernel. With mmap off and trimming off, the second
-    step onwards reuses the heap: seed 83-97 -> 119-121 img/s, small64 454-488 -> 510-513,
-    for 3-6% more peak memory (`bench/train_throughput.py`). Not glibc (macOS, musl), or
+    step onwards reuses the heap: in `bench/train_throughput.py`, seed 94 img/s (bare loop,
+    glibc's default) -> 120 (dogvae's loop with this), small64 445 -> 502 (before its 16-channel
+    decoder), for 3-6% more peak memory. Not glibc (macOS, musl), or
     DOGVAE_KEEP_FREED_MEMORY=0: nothing changes. Returns whether it took effect.
     """
     if os.environ.get("DOGVAE_KEEP_FREED_MEMORY") == "0":
