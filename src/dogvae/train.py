@@ -217,12 +217,18 @@ def auto_channels_last(image_size: int, cuda: bool) -> bool:
     return cuda or image_size >= 64
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
-    """AdamW, fused into one kernel where this torch has it for the device: on 2 CPU cores the
-    fused step trains the 43 M-parameter `seed` preset ~30% faster than the foreach one."""
+def make_optimizer(model: BaseVAE, lr: float, weight_decay: float, device: torch.device):
+    """AdamW over the model's `parameter_groups`, fused into one kernel where this torch has it
+    for the device: on 2 CPU cores the fused step trains the 43 M-parameter `seed` preset ~30%
+    faster than the foreach one."""
     fused = device.type == "cuda" or torch.__version__ >= "2.4"
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=fused)
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip each parameter group's gradient norm to `max_norm` on its own."""
+    for group in optimizer.param_groups:
+        torch.nn.utils.clip_grad_norm_(group["params"], max_norm)
 
 
 def _autocast(rt: Runtime):
@@ -705,7 +711,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    clip_gradients(optimizer, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 if ema is not None:
