@@ -20,10 +20,10 @@ from dogvae.data.split import hold_back_labels, stratified_split
 from dogvae.errors import DogvaeError
 from dogvae.latents import STORE_FILE
 from dogvae.losses import kl_per_dim, reconstruction_nll
-from dogvae.model import VAEConfig, breed_candidates, build_model
+from dogvae.model import VAEConfig, augment_for_classifier, breed_candidates, build_model
 from dogvae.synth import synthesize
 from dogvae.tasks import mix, sample_dogs
-from dogvae.train import TrainConfig, train
+from dogvae.train import TrainConfig, clip_gradients, make_optimizer, train
 
 TINY = {**TINY_MODEL, "classifier_widths": [8, 16, 32], "breed_embed_dim": 8}
 BREEDS = 3
@@ -165,6 +165,44 @@ def test_labelled_images_are_scored_with_their_own_breed_only():
     assert float(weights[2:].sum()) == pytest.approx(1.0)
 
 
+def test_classifier_augmentation_is_a_whole_pixel_shift_and_maybe_a_mirror():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32)
+    seen = augment_for_classifier(x, max_shift=1 / 8)  # up to 4 pixels
+    inner = (slice(None), slice(4, 28), slice(4, 28))
+    moves = set()
+    for original, out in zip(x, seen, strict=True):
+        matches = [
+            (mirrored, dx, dy)
+            for mirrored, image in ((False, original), (True, original.flip(2)))
+            for dx in range(-4, 5)
+            for dy in range(-4, 5)
+            if torch.allclose(out[inner], image[:, 4 + dy : 28 + dy, 4 + dx : 28 + dx], atol=1e-5)
+        ]
+        assert len(matches) == 1, "each image is one exact shift, mirrored or not"
+        moves.add(matches[0])
+    assert len(moves) > 4, "the shifts and flips vary from image to image"
+
+
+def test_ssvae_classifier_has_its_own_weight_decay_and_its_own_gradient_clip():
+    model = tiny_model("ssvae", classifier_weight_decay=0.3)
+    optimizer = make_optimizer(model, 1e-3, 1e-4, torch.device("cpu"))
+    generative, classifier = optimizer.param_groups
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.3]
+    assert {id(p) for p in classifier["params"]} == {id(p) for p in model.classifier.parameters()}
+    assert len(generative["params"]) + len(classifier["params"]) == len(list(model.parameters()))
+    for group, scale in ((generative, 1000.0), (classifier, 0.001)):
+        for p in group["params"]:
+            p.grad = torch.full_like(p, scale)
+    small = [p.grad.clone() for p in classifier["params"]]
+    clip_gradients(optimizer, 1.0)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in generative["params"]]))
+    assert norm == pytest.approx(1.0, rel=1e-4), "the big group is clipped to the limit"
+    assert all(torch.equal(p.grad, g) for p, g in zip(classifier["params"], small, strict=True)), (
+        "the small group is left as it was, not scaled down with the big one"
+    )
+
+
 def test_label_fraction_keeps_that_share_of_each_breed_deterministically():
     labels = np.repeat(np.arange(4), [20, 10, 3, 1])
     labels = np.concatenate([labels, [-1, -1]])
@@ -241,3 +279,26 @@ def test_cvae_breed_mix_keeps_z_and_walks_the_breed_embedding(breed_cvae_run, tm
     single = mix(model, None, a, b, tmp_path / "t.png", t=0.5)
     assert single["n_images"] == 1
     assert not torch.allclose(first, halfway)
+
+
+def test_the_web_page_mixes_cvae_breeds_and_restyles_a_photo_through_the_decoder(
+    breed_cvae_run, breed_synth
+):
+    pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')")
+    from dogvae.app.service import ServedRun
+    from dogvae.pictures import to_uint8
+
+    served = ServedRun(breed_cvae_run)
+    model = served.model
+    a, b = served.mix_end(f"breed:{model.breeds[0]}"), served.mix_end(model.breeds[2])
+    assert a.kind == b.kind == "breed" and a.code is None, "no latent centroid, no store needed"
+    with torch.no_grad():
+        halfway = model.decode(torch.zeros(1, 8), torch.tensor([[0.5, 0.0, 0.5, 0.0]]))
+    assert np.array_equal(served.mix_frames(a, b, [0.5])[0], to_uint8(halfway)[0])
+    photo = served.add_photo(next((breed_synth / "train").iterdir()).read_bytes(), "dog.jpg")
+    end = served.mix_end(photo.ref)
+    assert end.breed[-1] == 1.0, "a cvae reads a photo as an unknown breed"
+    restyled = served.mix_frames(end, b, [1.0])[0]
+    with torch.no_grad():
+        expected = model.decode(torch.from_numpy(end.code[None]), torch.tensor([2]))
+    assert np.array_equal(restyled, to_uint8(expected)[0]), "the photo's z, drawn as breed b"

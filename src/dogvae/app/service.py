@@ -49,7 +49,16 @@ from dogvae.pictures import image_grid, to_uint8
 from dogvae.tasks.ancestry import explain
 from dogvae.tasks.identify import breed_probe
 from dogvae.tasks.inputs import as_tensor, find_breed, run_crop
-from dogvae.tasks.mixing import BREED_POINTS, METHODS, breed_point, interpolate
+from dogvae.tasks.mixing import (
+    BREED_POINTS,
+    METHODS,
+    breed_point,
+    breed_weights,
+    conditional_photo,
+    decode_codes,
+    interpolate,
+    shared_codes,
+)
 from dogvae.tasks.novelty import NoveltyScorer
 from dogvae.tasks.sample import draw_dogs
 
@@ -83,13 +92,16 @@ class Photo:
 
 @dataclass(frozen=True)
 class MixEnd:
-    """One end of a mix: a latent code with a caption, and what to show for it."""
+    """One end of a mix: a latent code with a caption, and what to show for it. For a
+    conditional model also its breed weights (see `tasks.mixing.breed_weights`); a breed end
+    then has no code of its own and takes the other end's (`tasks.mixing.shared_codes`)."""
 
     ref: str
     label: str
     kind: str  # photo, gallery or breed
-    code: np.ndarray
+    code: np.ndarray | None
     pixels: np.ndarray | None  # the photo itself; None for a breed
+    breed: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -220,11 +232,11 @@ class ServedRun:
         with self._model_lock, torch.inference_mode():
             yield
 
-    def _decode(self, codes: np.ndarray) -> np.ndarray:
-        """(N, D) latent codes -> (N, S, S, 3) uint8 pictures."""
-        z = torch.from_numpy(np.asarray(codes, np.float32).reshape(-1, self.latent_dim))
+    def _decode(self, codes: np.ndarray, breeds: np.ndarray | None = None) -> np.ndarray:
+        """(N, D) latent codes (and a conditional model's (N, n_breeds + 1) breed weights)
+        -> (N, S, S, 3) uint8 pictures."""
         with self._inference():
-            return to_uint8(self.model.decode(z.to(self._device)))
+            return to_uint8(decode_codes(self.model, np.reshape(codes, (-1, self.latent_dim)), breeds))
 
     @property
     def latent_dim(self) -> int:
@@ -337,7 +349,15 @@ class ServedRun:
         if ref.startswith(("photo:", "gallery:")):
             photo = self.photo(ref)
             kind = ref.split(":", 1)[0]
-            return MixEnd(ref, Path(photo.name).stem, kind, photo.mu, photo.pixels)
+            if not self.model.conditional:
+                return MixEnd(ref, Path(photo.name).stem, kind, photo.mu, photo.pixels)
+            with self._inference():
+                code, weights = conditional_photo(self.model, photo.pixels)
+            return MixEnd(ref, Path(photo.name).stem, kind, code, photo.pixels, weights)
+        if self.model.conditional:  # a breed is its embedding, drawn with the other end's z
+            index = find_breed(ref.removeprefix("breed:"), self.model.breeds)
+            breed, weights = self.model.breeds[index], breed_weights(self.model, index)
+            return MixEnd(f"breed:{breed}", breed, "breed", None, None, weights)
         if breed_as not in BREED_POINTS:
             raise DogvaeError(f"a breed mixes as {' or '.join(BREED_POINTS)}, not {breed_as!r}")
         name = ref.removeprefix("breed:")
@@ -353,7 +373,10 @@ class ServedRun:
         """(T, S, S, 3) decoded mixes at each t (0 = a, 1 = b)."""
         if method not in METHODS:
             raise DogvaeError(f"unknown mixing method {method!r}; choose {' or '.join(METHODS)}")
-        return self._decode(interpolate(a.code, b.code, np.asarray(ts, np.float64), method))
+        ts = np.asarray(ts, np.float64)
+        code_a, code_b = shared_codes([a.code, b.code], self.latent_dim)
+        breeds = None if a.breed is None else interpolate(a.breed, b.breed, ts, "lerp")
+        return self._decode(interpolate(code_a, code_b, ts, method), breeds)
 
     def mix_strip(self, a: MixEnd, b: MixEnd, steps: int, method: str = "lerp") -> Image.Image:
         """The strip as one captioned PNG, photo ends shown as themselves beside it."""

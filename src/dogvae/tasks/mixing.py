@@ -102,27 +102,37 @@ def resolve_end(
     return EndPoint(breed_point(store, breed, breed_as), store.breeds[breed])
 
 
+def breed_weights(model: BaseVAE, breed: int | None) -> np.ndarray:
+    """A conditional model's weights for one breed (n_breeds + 1; None: the last, "unknown")."""
+    weights = np.zeros(len(model.breeds) + 1, np.float32)
+    weights[-1 if breed is None else breed] = 1.0
+    return weights
+
+
 @torch.no_grad()
+def conditional_photo(model: BaseVAE, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A photo's code under a conditional model and the breed weights it was encoded with: its
+    classifier's breed (ssvae), else "unknown" (cvae)."""
+    x = as_tensor(model, pixels[None])
+    breed = model.resolve_breed(x, None)
+    code = model.encode(x, breed)[0][0].float().cpu().numpy()
+    return code, breed_weights(model, None if breed is None else int(breed[0]))
+
+
 def conditional_end(model: BaseVAE, text: str) -> EndPoint:
     """A photo -> its code and its own breed; a breed -> its weights (a code comes later)."""
-    weights = np.zeros(len(model.breeds) + 1, np.float32)
     if not is_photo_argument(text, model.breeds):
-        weights[find_breed(text, model.breeds)] = 1.0
-        return EndPoint(None, text, breed=weights)
+        return EndPoint(None, text, breed=breed_weights(model, find_breed(text, model.breeds)))
     pixels = read_photos(model, [text])
-    x = as_tensor(model, pixels)
-    breed = model.resolve_breed(x, None)
-    weights[-1 if breed is None else int(breed[0])] = 1.0
-    code = model.encode(x, breed)[0][0].float().cpu().numpy()
+    code, weights = conditional_photo(model, pixels[0])
     return EndPoint(code, Path(text).stem, pixels[0], weights)
 
 
-def _share_photo_code(ends: list[EndPoint], latent_dim: int) -> None:
-    """Breed ends take the first photo end's code (the dog being restyled), else z = 0."""
-    photo = next((e.code for e in ends if e.code is not None), np.zeros(latent_dim, np.float32))
-    for end in ends:
-        if end.code is None:
-            end.code = photo
+def shared_codes(codes: list[np.ndarray | None], latent_dim: int) -> list[np.ndarray]:
+    """A conditional mix's codes: a breed end (None) takes the first photo end's code, the dog
+    being restyled, else z = 0 (the prior's mean)."""
+    photo = next((c for c in codes if c is not None), np.zeros(latent_dim, np.float32))
+    return [photo if c is None else c for c in codes]
 
 
 def breed_point(store: LatentStore, breed: int, breed_as: str = "centroid") -> np.ndarray:
@@ -180,7 +190,9 @@ def mix(
     names = [a, b, *(grid or ())]
     ends = [resolve_end(model, store, text, breed_as) for text in names]
     if model.conditional:
-        _share_photo_code(ends, model.config.latent_dim)
+        codes = shared_codes([e.code for e in ends], model.config.latent_dim)
+        for end, code in zip(ends, codes, strict=True):
+            end.code = code
     scale = max(1, 96 // model.config.image_size)
     if grid is not None:
         codes, breeds = _walk(ends, method, lambda v, m: mix_grid(np.stack(v), steps, m))
