@@ -284,7 +284,9 @@ def test_cvae_breed_mix_keeps_z_and_walks_the_breed_embedding(breed_cvae_run, tm
 def test_the_web_page_mixes_cvae_breeds_and_restyles_a_photo_through_the_decoder(
     breed_cvae_run, breed_synth
 ):
-    pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')")
+    pytest.importorskip(
+        "fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')"
+    )
     from dogvae.app.service import ServedRun
     from dogvae.pictures import to_uint8
 

@@ -128,7 +128,10 @@ class VAEConfig:
             problems.append("n_breeds >= 0, breed_embed_dim >= 1 and classifier_top_k >= 1")
         if not 0.0 <= self.breed_dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             problems.append("breed_dropout and label_smoothing must be in [0, 1)")
-        if not self.classifier_widths or min(self.classifier_weight, self.classifier_weight_decay) < 0:
+        if (
+            not self.classifier_widths
+            or min(self.classifier_weight, self.classifier_weight_decay) < 0
+        ):
             problems.append(
                 "classifier_widths must not be empty, classifier_weight and "
                 "classifier_weight_decay >= 0"

@@ -236,7 +236,9 @@ class ServedRun:
         """(N, D) latent codes (and a conditional model's (N, n_breeds + 1) breed weights)
         -> (N, S, S, 3) uint8 pictures."""
         with self._inference():
-            return to_uint8(decode_codes(self.model, np.reshape(codes, (-1, self.latent_dim)), breeds))
+            return to_uint8(
+                decode_codes(self.model, np.reshape(codes, (-1, self.latent_dim)), breeds)
+            )
 
     @property
     def latent_dim(self) -> int:
