@@ -54,9 +54,9 @@ from dogvae.tasks.mixing import (
     METHODS,
     breed_point,
     breed_weights,
-    conditional_photo,
     decode_codes,
     interpolate,
+    photo_breed_weights,
     shared_codes,
 )
 from dogvae.tasks.novelty import NoveltyScorer
@@ -351,11 +351,11 @@ class ServedRun:
         if ref.startswith(("photo:", "gallery:")):
             photo = self.photo(ref)
             kind = ref.split(":", 1)[0]
-            if not self.model.conditional:
-                return MixEnd(ref, Path(photo.name).stem, kind, photo.mu, photo.pixels)
-            with self._inference():
-                code, weights = conditional_photo(self.model, photo.pixels)
-            return MixEnd(ref, Path(photo.name).stem, kind, code, photo.pixels, weights)
+            weights = None
+            if self.model.conditional:  # photo.mu was encoded with these weights' breed
+                with self._inference():
+                    weights = photo_breed_weights(self.model, photo.pixels)
+            return MixEnd(ref, Path(photo.name).stem, kind, photo.mu, photo.pixels, weights)
         if self.model.conditional:  # a breed is its embedding, drawn with the other end's z
             index = find_breed(ref.removeprefix("breed:"), self.model.breeds)
             breed, weights = self.model.breeds[index], breed_weights(self.model, index)

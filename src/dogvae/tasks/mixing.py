@@ -110,21 +110,22 @@ def breed_weights(model: BaseVAE, breed: int | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def conditional_photo(model: BaseVAE, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A photo's code under a conditional model and the breed weights it was encoded with: its
-    classifier's breed (ssvae), else "unknown" (cvae)."""
-    x = as_tensor(model, pixels[None])
-    breed = model.resolve_breed(x, None)
-    code = model.encode(x, breed)[0][0].float().cpu().numpy()
-    return code, breed_weights(model, None if breed is None else int(breed[0]))
+def photo_breed_weights(model: BaseVAE, pixels: np.ndarray) -> np.ndarray:
+    """The breed weights a conditional model encodes a photo with, as `encode_images` does:
+    its classifier's breed (ssvae), else "unknown" (cvae, no network call)."""
+    breed = model.resolve_breed(as_tensor(model, pixels[None]), None)
+    return breed_weights(model, None if breed is None else int(breed[0]))
 
 
+@torch.no_grad()
 def conditional_end(model: BaseVAE, text: str) -> EndPoint:
     """A photo -> its code and its own breed; a breed -> its weights (a code comes later)."""
     if not is_photo_argument(text, model.breeds):
         return EndPoint(None, text, breed=breed_weights(model, find_breed(text, model.breeds)))
     pixels = read_photos(model, [text])
-    code, weights = conditional_photo(model, pixels[0])
+    weights = photo_breed_weights(model, pixels[0])
+    x, condition = as_tensor(model, pixels), torch.from_numpy(weights[None])
+    code = model.encode(x, condition.to(x.device))[0][0].float().cpu().numpy()
     return EndPoint(code, Path(text).stem, pixels[0], weights)
 
 
