@@ -201,7 +201,7 @@ def test_compare_command_prints_the_table_and_writes_a_page(
     run, _ = eval_run
     code, out, err = run_cli(capsys, "compare", run, run, "--out", tmp_path / "compare.html")
     assert code == 0, err
-    assert "ELBO, nats/image" in out and "best of the row" in out
+    assert "negative ELBO, nats/image" in out and "best of the row" in out
     page = (tmp_path / "compare.html").read_text()
     assert "<table>" in page and 'class="best"' in page
 

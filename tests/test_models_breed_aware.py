@@ -108,7 +108,7 @@ def test_a_cvae_decodes_differently_for_different_breeds():
 def _m2_by_hand(model, x, eps, labels):
     """The M2 objective summed over every breed: no estimator, just the definition."""
     cfg = model.config
-    log_q = torch.log_softmax(model.classify(x), 1)
+    log_q = torch.log_softmax(model.classifier(x), 1)  # q(y|x) as training sees it: no mirror
     total, elbo = 0.0, 0.0
     for i in range(len(x)):
         costs = []
@@ -163,6 +163,21 @@ def test_labelled_images_are_scored_with_their_own_breed_only():
     assert rows.tolist() == [0, 2, 1, 1, 1, 1]
     assert breeds[:2].tolist() == [4, 1] and weights[:2].tolist() == [1.0, 1.0]
     assert float(weights[2:].sum()) == pytest.approx(1.0)
+
+
+def test_ssvae_classify_averages_a_photo_and_its_mirror_out_of_training():
+    torch.manual_seed(0)
+    model = tiny_model("ssvae").eval()
+    x = torch.rand(4, 3, 32, 32)
+    log_q = model.classify(x)
+    both = [torch.softmax(model.classifier(v), 1) for v in (x, x.flip(3))]
+    assert torch.allclose(log_q.exp(), (both[0] + both[1]) / 2, atol=1e-6)
+    assert torch.allclose(log_q, model.classify(x.flip(3)), atol=1e-6), "a mirror, the same answer"
+    assert not torch.allclose(both[0], both[1], atol=1e-3), "the classifier alone is not symmetric"
+    model.train()
+    assert not torch.equal(model.classifier(x), model.classifier(x)), "dropout in training"
+    model.eval()
+    assert torch.equal(model.classifier(x), model.classifier(x)), "and none out of it"
 
 
 def test_classifier_augmentation_is_a_whole_pixel_shift_and_maybe_a_mirror():

@@ -417,7 +417,7 @@ def mix_strips(model: BaseVAE, store: LatentStore, confusion: dict, out: Path) -
 
 # label, path in metrics.json, which way is better (None: not ranked), how it is printed
 COMPARE_ROWS = (
-    ("ELBO, nats/image", ("elbo", "nats_per_image"), "lower", "{:.1f}"),
+    ("negative ELBO, nats/image", ("elbo", "nats_per_image"), "lower", "{:.1f}"),
     ("bits/dim", ("elbo", "bits_per_dim"), "lower", "{:.3f}"),
     ("MSE", ("reconstruction", "mse"), "lower", "{:.5f}"),
     ("PSNR, dB", ("reconstruction", "psnr"), "higher", "{:.2f}"),
