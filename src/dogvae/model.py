@@ -81,7 +81,7 @@ class VAEConfig:
     n_breeds: int = 0
     breed_embed_dim: int = 32
     breed_dropout: float = 0.1
-    classifier_widths: tuple[int, ...] = (32, 64, 128, 256)
+    classifier_widths: tuple[int, ...] = (32, 64, 192, 384)
     classifier_blocks: int = 1
     classifier_weight: float = 50.0
     classifier_top_k: int = 4
