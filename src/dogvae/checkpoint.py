@@ -150,7 +150,10 @@ def _load_into(model: BaseVAE, path: Path) -> None:
 
 def model_from_info(info: dict) -> BaseVAE:
     try:
-        config = VAEConfig.from_dict(info["model"])
+        saved = dict(info["model"])
+        # runs saved before classifier_activation existed gave their classifier `activation`
+        saved.setdefault("classifier_activation", saved.get("activation", VAEConfig.activation))
+        config = VAEConfig.from_dict(saved)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the run's model config is unusable: {exc}") from exc
     return build_model(config)

