@@ -57,8 +57,8 @@ def format_evaluation(m: dict) -> str:
     lines = [
         f"{m['run']} on {m['data']} ({m['split']} split, {m['n_images']} images, "
         f"{m['seconds']:.0f} s)",
-        f"negative ELBO {m['elbo']['nats_per_image']:.1f} nats/image ({m['elbo']['bits_per_dim']:.3f} "
-        f"bits/dim); active units {m['active_units']['count']} of {m['active_units']['of']}",
+        f"negative ELBO {m['elbo']['nats_per_image']:.1f} nats/image "
+        f"({m['elbo']['bits_per_dim']:.3f} bits/dim); active units {m['active_units']['count']} of {m['active_units']['of']}",
         f"PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}, MSE {rec['mse']:.5f}; mean image "
         f"{base['mean_image']['psnr']:.2f} dB / {base['mean_image']['ssim']:.3f}, "
         f"PCA-{pca['components']} {pca['psnr']:.2f} dB / {pca['ssim']:.3f}",
