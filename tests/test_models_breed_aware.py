@@ -3,6 +3,7 @@ fractions, save/load, and a trained cvae drawing the breed it is asked for."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -20,10 +21,23 @@ from dogvae.data.split import hold_back_labels, stratified_split
 from dogvae.errors import DogvaeError
 from dogvae.latents import STORE_FILE
 from dogvae.losses import kl_per_dim, reconstruction_nll
-from dogvae.model import VAEConfig, augment_for_classifier, breed_candidates, build_model
+from dogvae.model import (
+    VAEConfig,
+    augment_for_classifier,
+    breed_candidates,
+    build_model,
+    photo_views,
+)
 from dogvae.synth import synthesize
 from dogvae.tasks import mix, sample_dogs
-from dogvae.train import TrainConfig, clip_gradients, make_optimizer, train
+from dogvae.train import (
+    TrainConfig,
+    clip_gradients,
+    group_schedules,
+    lr_factor,
+    make_optimizer,
+    train,
+)
 
 TINY = {**TINY_MODEL, "classifier_widths": [8, 16, 32], "breed_embed_dim": 8}
 BREEDS = 3
@@ -165,19 +179,34 @@ def test_labelled_images_are_scored_with_their_own_breed_only():
     assert float(weights[2:].sum()) == pytest.approx(1.0)
 
 
-def test_ssvae_classify_averages_a_photo_and_its_mirror_out_of_training():
+@pytest.mark.parametrize("views", [2, 10])
+def test_ssvae_classify_averages_its_views_of_a_photo_out_of_training(views):
     torch.manual_seed(0)
-    model = tiny_model("ssvae").eval()
+    model = tiny_model("ssvae", classifier_views=views).eval()
     x = torch.rand(4, 3, 32, 32)
     log_q = model.classify(x)
-    both = [torch.softmax(model.classifier(v), 1) for v in (x, x.flip(3))]
-    assert torch.allclose(log_q.exp(), (both[0] + both[1]) / 2, atol=1e-6)
+    seen = photo_views(x, views)
+    probs = [torch.softmax(model.classifier(v), 1) for v in seen]
+    assert len(seen) == views and torch.equal(seen[0], x)
+    assert torch.allclose(log_q.exp(), sum(probs) / views, atol=1e-6)
     assert torch.allclose(log_q, model.classify(x.flip(3)), atol=1e-6), "a mirror, the same answer"
-    assert not torch.allclose(both[0], both[1], atol=1e-5), "the classifier alone is not symmetric"
+    assert not torch.allclose(probs[0], probs[1], atol=1e-5), "the classifier alone varies"
     model.train()
     assert not torch.equal(model.classifier(x), model.classifier(x)), "dropout in training"
     model.eval()
     assert torch.equal(model.classifier(x), model.classifier(x)), "and none out of it"
+
+
+def test_the_ten_test_time_views_are_the_photo_and_four_diagonal_shifts_each_mirrored():
+    x = torch.rand(2, 3, 64, 64)
+    views = photo_views(x, 10)
+    inner = (slice(None), slice(None), slice(3, 61), slice(3, 61))
+    for view, (dy, dx) in zip(views[1:5], ((3, 3), (-3, 3), (3, -3), (-3, -3)), strict=True):
+        assert torch.equal(view[inner], x[:, :, 3 + dy : 61 + dy, 3 + dx : 61 + dx])
+    assert all(torch.equal(m, v.flip(3)) for v, m in zip(views[:5], views[5:], strict=True))
+    assert len(photo_views(x, 1)) == 1
+    with pytest.raises(ValueError, match="classifier_views"):
+        VAEConfig(classifier_views=3)
 
 
 def test_the_classifier_has_its_own_activation_and_old_runs_keep_theirs():
@@ -229,6 +258,22 @@ def test_ssvae_classifier_has_its_own_weight_decay_and_its_own_gradient_clip():
     assert all(torch.equal(p.grad, g) for p, g in zip(classifier["params"], small, strict=True)), (
         "the small group is left as it was, not scaled down with the big one"
     )
+
+
+def test_ssvae_classifier_learns_over_its_own_epochs_then_stays_fixed():
+    model = tiny_model("ssvae")
+    optimizer = make_optimizer(model, 1e-3, 1e-4, torch.device("cpu"))
+    cfg = TrainConfig(data="d", out="o", epochs=6, warmup_steps=2, classifier_epochs=2).resolved()
+    generative, classifier = group_schedules(optimizer, cfg, steps_per_epoch=10)
+    assert classifier(1) == generative(1) == 1.0, "the same warm-up"
+    assert 0 < classifier(15) < generative(15) < 1
+    assert classifier(20) == classifier(59) == 0.0, "fixed after its 2 epochs"
+    assert generative(59) > 0.05 - 1e-9, "the generative half goes on to the end"
+    whole = dataclasses.replace(cfg, classifier_epochs=0)
+    assert group_schedules(optimizer, whole, 10)[1](40) == lr_factor(40, 2, 60, floor=0.0) > 0
+    for too_many in (6, 100):
+        last = group_schedules(optimizer, dataclasses.replace(cfg, classifier_epochs=too_many), 10)
+        assert last[1](30) > 0 and last[1](60) == 0.0
 
 
 def test_label_fraction_keeps_that_share_of_each_breed_deterministically():

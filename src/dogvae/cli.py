@@ -63,6 +63,7 @@ def _saved_run_config(run: Path, file_cfg: dict) -> dict:
     if info is None:
         return file_cfg  # train() says there is nothing to resume
     train_values = {k: v for k, v in info["train"].items() if k not in RUN_ONLY_SETTINGS}
+    train_values.setdefault("classifier_epochs", 0)  # older runs: one schedule for everything
     return {
         "preset": file_cfg.get("preset", info["preset"]),
         "model": {**info["model"], **file_cfg.get("model", {})},
@@ -85,7 +86,7 @@ def _train_config(args):
     values = {**file_cfg.get("train", {}), "preset": file_cfg.get("preset", "small64")}
     for name in (
         "preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop",
-        "label_fraction", "compile",
+        "label_fraction", "classifier_epochs", "compile",
     ):  # fmt: skip
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -414,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label-fraction", type=float, metavar="F",
         help="ssvae: keep the labels of only this share of each breed's training images",
+    )  # fmt: skip
+    p.add_argument(
+        "--classifier-epochs", type=int, metavar="N",
+        help="ssvae: its classifier learns over the first N epochs, then stays fixed "
+        "(default 30; 0: the whole run)",
     )  # fmt: skip
     p.add_argument("--config", type=Path, help='JSON: {"preset", "model": {...}, "train": {...}}')
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
