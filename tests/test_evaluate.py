@@ -185,6 +185,11 @@ def test_breed_aware_models_get_their_own_figures(eval_run, tmp_path, kind):
     ident = metrics["identification"]
     assert (ident["classifier"] is not None) == (kind == "ssvae")
     assert (ident["confusion_source"] == "the model's own classifier") == (kind == "ssvae")
+    if kind == "ssvae":
+        assert ident["classifier"]["views"] == 10
+        assert (
+            "own classifier (10 views of each photo)" in (run / "eval" / "report.html").read_text()
+        )
     assert metrics["pictures"]["breed_samples"] is not None
     assert parse(run / "eval" / "report.html").ids == [anchor for anchor, _ in SECTIONS]
 

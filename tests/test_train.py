@@ -269,6 +269,17 @@ def test_cli_resume_needs_only_the_run_folder_and_keeps_its_settings(tiny_data, 
     assert "pass --data" in capsys.readouterr().err
 
 
+def test_classifier_epochs_comes_from_the_command_line():
+    from dogvae import cli
+
+    args = cli.build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    assert cli._train_config(args).classifier_epochs == 30
+    args = cli.build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--classifier-epochs", "3"]
+    )
+    assert cli._train_config(args).classifier_epochs == 3
+
+
 def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
     from conftest import shared_path
 

@@ -67,7 +67,7 @@ def format_evaluation(m: dict) -> str:
              f"logistic {_pct(ident['logistic']['top1'])}/{_pct(ident['logistic']['top5'])}"]  # fmt: skip
     if ident["classifier"]:
         c = ident["classifier"]
-        found.append(f"classifier {_pct(c['top1'])}/{_pct(c['top5'])}")
+        found.append(f"{_classifier_name(c, 'classifier')} {_pct(c['top1'])}/{_pct(c['top5'])}")
     lines.append(
         f"breed top-1/top-5: {', '.join(found)}; pixel PCA logistic {_pct(pixel['top1'])}/"
         f"{_pct(pixel['top5'])}; chance {_pct(ident['chance']['top1'])}/"
@@ -231,12 +231,18 @@ def _active_units_html(m: dict) -> str:
     )
 
 
+def _classifier_name(figures: dict, name: str = "the model's own classifier") -> str:
+    """With the number of views of each photo it averaged, where the metrics say."""
+    views = figures.get("views")
+    return f"{name} ({views} views of each photo)" if views and views > 1 else name
+
+
 def _identification_html(m: dict) -> str:
     ident = m["identification"]
     entries = [("k-NN on the latent codes", ident["knn"], ""),
                ("logistic probe on the latent codes", ident["logistic"], "")]  # fmt: skip
     if ident["classifier"]:
-        entries.append(("the model's own classifier", ident["classifier"], ""))
+        entries.append((_classifier_name(ident["classifier"]), ident["classifier"], ""))
     pixel = ident["pixel_pca"]
     entries += [
         ("k-NN on PCA features of pixels", pixel["knn"], "baseline"),

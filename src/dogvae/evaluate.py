@@ -285,6 +285,7 @@ def identification_figures(model: BaseVAE, images, store: LatentStore, run: Path
     if model.has_classifier:
         probs = classifier_probabilities(model, images, store, val)
         figures["classifier"] = {f"top{k}": accuracy_at(probs, labels, k) for k in (1, 5)}
+        figures["classifier"]["views"] = model.config.classifier_views
         figures["confusion_source"] = "the model's own classifier"
     return figures, (labels, probs)
 
