@@ -34,6 +34,7 @@ from dogvae.train import (
     TrainConfig,
     clip_gradients,
     group_schedules,
+    keep_saved_group_marks,
     make_optimizer,
     one_cycle_factor,
     train,
@@ -273,6 +274,20 @@ def test_ssvae_classifier_learns_over_its_own_epochs_then_stays_fixed():
     for too_many in (6, 100):
         last = group_schedules(optimizer, dataclasses.replace(cfg, classifier_epochs=too_many), 10)
         assert last[1](30) > 0 and last[1](60) == 0.0
+
+
+def test_a_resumed_run_from_before_the_classifier_schedule_keeps_one_schedule():
+    model = tiny_model("ssvae")
+    optimizer = make_optimizer(model, 1e-3, 1e-4, torch.device("cpu"))
+    saved = optimizer.state_dict()
+    keep_saved_group_marks(optimizer, saved)
+    assert [g.get("classifier", False) for g in optimizer.param_groups] == [False, True]
+    for group in saved["param_groups"]:
+        group.pop("classifier", None)  # as an optimizer saved before the mark existed
+    keep_saved_group_marks(optimizer, saved)
+    cfg = TrainConfig(data="d", out="o", epochs=6, warmup_steps=2, classifier_epochs=2).resolved()
+    generative, classifier = group_schedules(optimizer, cfg, steps_per_epoch=10)
+    assert all(classifier(t) == generative(t) for t in (0, 5, 30, 59))
 
 
 def test_label_fraction_keeps_that_share_of_each_breed_deterministically():

@@ -273,7 +273,7 @@ def test_classifier_epochs_comes_from_the_command_line():
     from dogvae import cli
 
     args = cli.build_parser().parse_args(["train", "--data", "d", "--out", "o"])
-    assert cli._train_config(args).classifier_epochs == 30
+    assert cli._train_config(args).classifier_epochs == 45
     args = cli.build_parser().parse_args(
         ["train", "--data", "d", "--out", "o", "--classifier-epochs", "3"]
     )

@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--classifier-epochs", type=int, metavar="N",
         help="ssvae: its classifier learns over the first N epochs, then stays fixed "
-        "(default 30; 0: the whole run)",
+        "(default 45; 0: the whole run)",
     )  # fmt: skip
     p.add_argument("--config", type=Path, help='JSON: {"preset", "model": {...}, "train": {...}}')
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -738,9 +738,9 @@ class SemiSupervisedVAE(BreedAwareVAE):
         return torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(log_probs))
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """The generative half, then the classifier with `classifier_weight_decay`: apart, so
-        that clipping the nats-sized gradients of the one does not rescale the other's, and
-        marked "classifier" for the trainer's schedule of its own (`group_schedules`)."""
+        """The generative half, then the classifier with `classifier_weight_decay`, marked
+        "classifier": the trainer gives it a schedule of its own (`group_schedules`) and does
+        not clip its gradients with the generative half's (`clip_gradients`)."""
         own = {id(p) for p in self.classifier.parameters()}
         generative = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
         classifier = [p for p in self.classifier.parameters() if p.requires_grad]

@@ -90,7 +90,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     label_fraction: float = 1.0
-    classifier_epochs: int = 30
+    classifier_epochs: int = 45
     model_overrides: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -228,6 +228,13 @@ def make_optimizer(model: BaseVAE, lr: float, weight_decay: float, device: torch
     faster than the foreach one."""
     fused = device.type == "cuda" or torch.__version__ >= "2.4"
     return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=fused)
+
+
+def keep_saved_group_marks(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Mark the parameter groups as the resumed run's saved optimizer had them: a run saved
+    before the classifier had a schedule of its own goes on with one schedule for all."""
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=False):
+        group["classifier"] = saved_group.get("classifier", False)
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
@@ -648,11 +655,8 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format,
     )
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, rt.device)
-    if state is not None:  # a run saved before the classifier had a schedule of its own keeps one
-        for group, saved in zip(
-            optimizer.param_groups, state["optimizer"]["param_groups"], strict=False
-        ):
-            group["classifier"] = saved.get("classifier", False)
+    if state is not None:
+        keep_saved_group_marks(optimizer, state["optimizer"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, group_schedules(optimizer, cfg, steps_per_epoch)
     )
