@@ -62,9 +62,9 @@ class TrainConfig:
     and makes batches there; "auto" does so on a GPU when they take under a quarter of its
     free memory. `compile` runs the model through `torch.compile`. `label_fraction` keeps the
     labels of only that share of each breed's training images (the rest train as unlabelled
-    images; for `ssvae`). The ssvae's classifier has a learning-rate schedule of its own, the
-    same warm-up and a cosine to zero over its first `classifier_epochs` epochs (0: the whole
-    run), and then stays fixed while the generative half goes on learning.
+    images; for `ssvae`). The ssvae's classifier has a learning-rate schedule of its own, a
+    one-cycle over its first `classifier_epochs` epochs (0: the whole run; `group_schedules`),
+    and then stays fixed while the generative half goes on learning.
     """
 
     data: str
