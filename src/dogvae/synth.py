@@ -584,6 +584,43 @@ def _breeds_document(specs: list[BreedSpec], **run) -> dict:
     }
 
 
+def _breed_draws(specs: list[BreedSpec], per_breed: int, seed: int):
+    """(image id, breed, generator) for every breed image, in the order `synthesize` draws them."""
+    for b, spec in enumerate(specs):
+        for i in range(per_breed):
+            yield _image_id(seed, "train", b, i), spec, _rng(seed, _TRAIN_STREAM, b, i)
+
+
+def _mutt_draws(specs: list[BreedSpec], mutts: int, seed: int):
+    """(image id, (parent a, parent b, share of a), generator) for every mutt: two different
+    parents drawn uniformly, share_a ~ Uniform(MUTT_SHARE_RANGE) rounded to 3 decimals."""
+    for m in range(mutts):
+        rng = _rng(seed, _MUTT_STREAM, 0, m)
+        a, b = (int(x) for x in rng.choice(len(specs), size=2, replace=False))
+        share = round(float(rng.uniform(*MUTT_SHARE_RANGE)), 3)
+        yield _image_id(seed, "mutt", 0, m), (specs[a], specs[b], share), rng
+
+
+def dataset_factors(
+    breeds: int = 8, per_breed: int = 150, mutts: int = 100, seed: int = 0
+) -> tuple[list[tuple[str, str, DogFactors]], list[tuple[str, str, str, float, DogFactors]]]:
+    """The looks of every dog `synthesize` draws with these arguments, without the pictures:
+    (id, breed, factors) per breed image and (id, parent_a, parent_b, share_a, factors) per
+    mutt. A picture's factors are the first draws from its generator, so these are exactly the
+    dogs in the files: what a perfect encoder would read from them."""
+    _check_args(breeds, per_breed, 16, mutts, seed)
+    specs = random_breeds(breeds, _rng(seed, _BREED_STREAM))
+    pure = [
+        (i, spec.name, draw_factors(spec, rng))
+        for i, spec, rng in _breed_draws(specs, per_breed, seed)
+    ]
+    mixed = [
+        (i, a.name, b.name, share, draw_factors(mix_specs(a, b, share), rng))
+        for i, (a, b, share), rng in _mutt_draws(specs, mutts, seed)
+    ]
+    return pure, mixed
+
+
 def synthesize(
     out: str | Path,
     *,
@@ -612,26 +649,18 @@ def synthesize(
     (out / "breeds.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     labels, mutt_rows = [], []
     with tqdm(total=breeds * per_breed + mutts, disable=not progress, unit="img") as bar:
-        for b, spec in enumerate(specs):
-            for i in range(per_breed):
-                rng = _rng(seed, _TRAIN_STREAM, b, i)
-                image_id = _image_id(seed, "train", b, i)
-                _save_jpeg(
-                    render_dog(draw_factors(spec, rng), size, rng),
-                    out / "train" / f"{image_id}.jpg",
-                )
-                labels.append((image_id, spec.name))
-                bar.update()
-        for m in range(mutts):
-            rng = _rng(seed, _MUTT_STREAM, 0, m)
-            a, b = (int(x) for x in rng.choice(breeds, size=2, replace=False))
-            share = round(float(rng.uniform(*MUTT_SHARE_RANGE)), 3)
-            mutt = mix_specs(specs[a], specs[b], share)
-            image_id = _image_id(seed, "mutt", 0, m)
+        for image_id, spec, rng in _breed_draws(specs, per_breed, seed):
+            _save_jpeg(
+                render_dog(draw_factors(spec, rng), size, rng), out / "train" / f"{image_id}.jpg"
+            )
+            labels.append((image_id, spec.name))
+            bar.update()
+        for image_id, (a, b, share), rng in _mutt_draws(specs, mutts, seed):
+            mutt = mix_specs(a, b, share)
             _save_jpeg(
                 render_dog(draw_factors(mutt, rng), size, rng), out / "mutts" / f"{image_id}.jpg"
             )
-            mutt_rows.append((image_id, specs[a].name, specs[b].name, f"{share:.3f}"))
+            mutt_rows.append((image_id, a.name, b.name, f"{share:.3f}"))
             bar.update()
     _write_csv(out / "mutts.csv", ("id", "parent_a", "parent_b", "share_a"), mutt_rows)
     _write_csv(out / "labels.csv", ("id", "breed"), labels)
