@@ -17,6 +17,7 @@ from dogvae.synth import (
     FACTOR_RANGES,
     MUTT_SHARE_RANGE,
     BreedSpec,
+    dataset_factors,
     draw_factors,
     mix_specs,
     random_breeds,
@@ -98,6 +99,22 @@ def test_mutts_have_two_different_known_parents_and_a_share_in_range(small_set):
         assert row["parent_b"] in summary["breeds"]
         assert row["parent_a"] != row["parent_b"]
         assert MUTT_SHARE_RANGE[0] <= float(row["share_a"]) <= MUTT_SHARE_RANGE[1]
+
+
+def test_dataset_factors_name_the_same_dogs_as_the_files(small_set):
+    out, _ = small_set
+    args = {k: SMALL[k] for k in ("breeds", "per_breed", "mutts", "seed")}
+    pure, mixed = dataset_factors(**args)
+    _, labels = read_csv(out / "labels.csv")
+    _, mutts = read_csv(out / "mutts.csv")
+    assert sorted((i, breed) for i, breed, _ in pure) == sorted(
+        (r["id"], r["breed"]) for r in labels
+    )
+    assert sorted((i, a, b, f"{s:.3f}") for i, a, b, s, _ in mixed) == sorted(
+        (r["id"], r["parent_a"], r["parent_b"], r["share_a"]) for r in mutts
+    )
+    again, _ = dataset_factors(**args)
+    assert [f for *_, f in again] == [f for *_, f in pure]
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, small_set):

@@ -539,12 +539,12 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
         writer.writerows(sorted(rows))
 
 
-def _check_args(breeds: int, per_breed: int, size: int, mutts: int, seed: int) -> None:
+def _check_args(breeds: int, per_breed: int, size: int | None, mutts: int, seed: int) -> None:
     problems = [
         (breeds < 2, f"breeds must be at least 2, got {breeds}"),
         (breeds > MAX_BREEDS, f"breeds must be at most {MAX_BREEDS}, got {breeds}"),
         (per_breed < 1, f"per_breed must be at least 1, got {per_breed}"),
-        (size < 16, f"size must be at least 16 pixels, got {size}"),
+        (size is not None and size < 16, f"size must be at least 16 pixels, got {size}"),
         (mutts < 0, f"mutts must be 0 or more, got {mutts}"),
         (not 0 <= seed < 2**32, f"seed must be between 0 and 2**32 - 1, got {seed}"),
     ]
@@ -608,7 +608,7 @@ def dataset_factors(
     (id, breed, factors) per breed image and (id, parent_a, parent_b, share_a, factors) per
     mutt. A picture's factors are the first draws from its generator, so these are exactly the
     dogs in the files: what a perfect encoder would read from them."""
-    _check_args(breeds, per_breed, 16, mutts, seed)
+    _check_args(breeds, per_breed, None, mutts, seed)  # no pictures: any size
     specs = random_breeds(breeds, _rng(seed, _BREED_STREAM))
     pure = [
         (i, spec.name, draw_factors(spec, rng))
