@@ -22,8 +22,8 @@ Measured on the default synthetic set (`evaluate_ancestry`, 100 mutts of 8 breed
   52% and 0.25 for nearest-centroid; whitening matters there too (26% top-2 without). The
   codes spend most of their variance on background and pose and do not keep coats linear;
   breed classifiers trained on the purebreds do not fix that: in their features the same fit
-  gets 44% (colour-blind), 17-43% (attention-pooled coat colours), 57% (plain), 56-58%
-  (pixel mixup); all far below the 80% top-2 the task wants;
+  gets 34% (plain), 44% (colour-blind), 17-43% (attention-pooled coat colours), 58% (pixel
+  mixup); all far below the 80% top-2 the task wants;
 - the penalty trades mutts against purebreds: 0 gives 47% top-2 but explains only 13% of
   held-out purebreds as one breed; 2 ln(8) = 4.2 gives 49% and 85%; 16 gives 48% and 98%
   with a worse share error (0.35).
