@@ -17,8 +17,11 @@ from dogvae.synth import (
     FACTOR_RANGES,
     MUTT_SHARE_RANGE,
     BreedSpec,
+    DogFactors,
+    SynthError,
     dataset_factors,
     draw_factors,
+    factor_vector,
     mix_specs,
     random_breeds,
     render_dog,
@@ -212,6 +215,27 @@ def test_mutt_blends_its_parents_means():
     assert mutt.pattern == pytest.approx(
         {k: 0.3 * a.pattern[k] + 0.7 * b.pattern[k] for k in a.pattern}
     )
+
+
+def test_factor_vector_reads_coats_as_asked():
+    dog = DogFactors(
+        **{name: (lo + hi) / 2 for name, (lo, hi) in FACTOR_RANGES.items()},
+        ear_shape="floppy", tail_curl="up", pattern="solid",
+        base_colour=(250, 250, 250), secondary_colour=(40, 30, 30),
+    )  # fmt: skip
+    rgb, pictured = factor_vector(dog, "rgb"), factor_vector(dog, "pictured")
+    n = len(FACTOR_RANGES)
+    coat = n + 3 + 3 + 4  # the coats come after shape, ears, tail and pattern
+    assert np.allclose(rgb[:n], 0.5) and rgb[n:coat].sum() == 3  # one option each
+    assert np.allclose(rgb[coat:], np.array([250, 250, 250, 40, 30, 30]) / 255)
+    assert np.allclose(pictured[coat:], 250 / 255)  # a solid dog shows no secondary colour
+    spotted = replace(dog, pattern="spots")
+    assert np.allclose(factor_vector(spotted, "pictured"), factor_vector(spotted, "rgb"))
+    named = factor_vector(dog, "named")[coat:]
+    assert named.sum() == 2 and len(named) == 16  # one named colour per coat, of 8
+    assert len(factor_vector(dog, "none")) == coat
+    with pytest.raises(SynthError, match="coats must be one of"):
+        factor_vector(dog, "hsv")
 
 
 def test_many_breeds_get_unique_file_safe_names_and_extend_the_first_ones():

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 
 from dogvae import synth
-from dogvae.latents import breed_centroids, pooled_within_covariance, whitening_matrix
 from dogvae.tasks.ancestry import (
     Mutt,
     explain,
     mixture_fits,
     nearest_centroids,
-    parent_recovery,
-    share_of_parent_a,
+    recovery_on_features,
 )
 
 N_BREEDS, DIM = 10, 24
@@ -92,48 +90,27 @@ def test_nearest_centroid_baseline_ranks_by_distance(centroids):
     assert nearest_centroids(x, centroids)[0] == 4
 
 
-def _coat_in_rgb(f: synth.DogFactors) -> np.ndarray:
-    return np.concatenate([f.base_colour, f.secondary_colour]) / 255
-
-
-def _coat_by_name(f: synth.DogFactors) -> np.ndarray:
-    """The coats as a classifier perceives them: which named colour each is nearest."""
-    names = [synth._coat_name(c) for c in (f.base_colour, f.secondary_colour)]
-    return np.array([n == c for n in names for c in synth.COAT_COLOURS], float)
-
-
-def _factor_ancestry(coat) -> dict[str, float]:
-    """Parent recovery of the default synthetic set's mutts read perfectly from their factors:
-    shape (continuous, scaled to [0, 1]), ears, tail and pattern (one-hot) and `coat(f)`."""
+def _factor_ancestry(coats: str) -> dict[str, float]:
+    """Parent recovery of the default synthetic set's mutts read perfectly from their factors,
+    coats read as `coats` (`synth.factor_vector`)."""
     pure, mixed = synth.dataset_factors()
     names = sorted({breed for _, breed, _ in pure})
-
-    def vector(f: synth.DogFactors) -> np.ndarray:
-        shape = [(getattr(f, k) - lo) / (hi - lo) for k, (lo, hi) in synth.FACTOR_RANGES.items()]
-        kinds = [
-            (f.ear_shape, synth.EAR_SHAPES),
-            (f.tail_curl, synth.TAIL_CURLS),
-            (f.pattern, synth.PATTERNS),
-        ]
-        one_hot = [value == option for value, options in kinds for option in options]
-        return np.concatenate([shape, np.array(one_hot, float), coat(f)])
-
-    x = np.stack([vector(f) for *_, f in pure])
+    x = np.stack([synth.factor_vector(f, coats) for *_, f in pure])
     labels = np.array([names.index(breed) for _, breed, _ in pure])
-    centroids = breed_centroids(x, labels, len(names))
-    whitener = whitening_matrix(pooled_within_covariance(x, labels, len(names)))
     mutts = [Mutt(i, names.index(a), names.index(b), s) for i, a, b, s, _ in mixed]
-    found = [explain(vector(f), centroids, whitener) for *_, f in mixed]
-    rankings = np.array([e.ranking for e in found])
-    return parent_recovery(rankings, share_of_parent_a(found, mutts), mutts)
+    mutt_x = np.stack([synth.factor_vector(f, coats) for *_, f in mixed])
+    return recovery_on_features(x, labels, mutt_x, mutts)
 
 
 def test_synthetic_mutts_read_from_their_factors_name_both_parents_if_coats_stay_in_rgb():
-    """The ancestry bar (80% / 90%) is reachable: mutts blend coat colours in RGB, and the fit
-    recovers both parents from the true factors (100% top 2 measured). Coats perceived as
-    named colours, the way a breed classifier sees them, lose most mutts (29% measured):
-    a black x white mutt is silver, like a third breed."""
-    in_rgb = _factor_ancestry(_coat_in_rgb)
-    by_name = _factor_ancestry(_coat_by_name)
+    """The ancestry bar (80% / 90%) is reachable from what the pictures show: mutts blend coat
+    colours in RGB, and the fit recovers both parents from the true factors (100% top 2
+    measured; 99% with a solid dog's unseen secondary colour hidden). Coats perceived as named
+    colours, the way a breed classifier sees them, lose most mutts (29% measured): a
+    black x white mutt is silver, like a third breed."""
+    in_rgb = _factor_ancestry("rgb")
+    pictured = _factor_ancestry("pictured")
+    by_name = _factor_ancestry("named")
     assert in_rgb["both_parents_top2"] >= 0.95 and in_rgb["share_error"] < 0.06
+    assert pictured["both_parents_top2"] >= 0.95 and pictured["both_parents_top3"] >= 0.95
     assert by_name["both_parents_top2"] < 0.5

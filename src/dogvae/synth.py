@@ -280,6 +280,36 @@ def draw_factors(spec: BreedSpec, rng: np.random.Generator) -> DogFactors:
     )
 
 
+COAT_READINGS = ("rgb", "pictured", "named", "none")
+
+
+def factor_vector(f: DogFactors, coats: str = "rgb") -> np.ndarray:
+    """A dog's looks as numbers: continuous factors scaled to [0, 1], ears, tail and pattern
+    one-hot, then its coats read as `coats` says:
+
+    - "rgb": both coat colours, /255 (linear in how mutts blend them);
+    - "pictured": the same, but a solid dog's secondary colour, which no picture shows, is
+      read as its base colour;
+    - "named": each coat as its nearest named colour, one-hot (how a breed classifier sees it);
+    - "none": no coats.
+    """
+    if coats not in COAT_READINGS:
+        raise SynthError(f"coats must be one of {', '.join(COAT_READINGS)}, not {coats!r}")
+    shape = [(getattr(f, k) - lo) / (hi - lo) for k, (lo, hi) in FACTOR_RANGES.items()]
+    kinds = ((f.ear_shape, EAR_SHAPES), (f.tail_curl, TAIL_CURLS), (f.pattern, PATTERNS))
+    one_hot = [value == option for value, options in kinds for option in options]
+    shown = f.base_colour if f.pattern == "solid" else f.secondary_colour
+    coat = {
+        "rgb": np.concatenate([f.base_colour, f.secondary_colour]) / 255,
+        "pictured": np.concatenate([f.base_colour, shown]) / 255,
+        "named": np.array(
+            [_coat_name(c) == n for c in (f.base_colour, f.secondary_colour) for n in COAT_COLOURS]
+        ),
+        "none": np.zeros(0),
+    }[coats]
+    return np.concatenate([shape, one_hot, coat]).astype(float)
+
+
 # ---------------------------------------------------------------------------- drawing
 # A dog is built in body units (y up, facing +x, body centred on the origin) as a list of
 # polygons (points, fill, outline) in drawing order, then placed and drawn in pixels.
