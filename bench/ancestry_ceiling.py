@@ -92,9 +92,9 @@ def main() -> None:
         rows |= pixel_pca_row(images, data.labels, mutt_images, mutts)
         if args.run:
             rows |= run_rows(args.run, root)
-    print(
-        f"{len(mutts)} mutts of {len(data.breeds)} breeds in {root}; bar {BAR[0]:.0%} / {BAR[1]:.0%}"
-    )
+    where = args.data or "the demo's set, drawn afresh"
+    print(f"{len(mutts)} mutts of {len(data.breeds)} breeds in {where}")
+    print(f"the bar: both parents in the top 2 for {BAR[0]:.0%}, in the top 3 for {BAR[1]:.0%}")
     print(f"{'representation':<44} {'top 2':>6} {'top 3':>6} {'share err':>9}  bar")
     for name, r in rows.items():
         top2, top3 = r["both_parents_top2"], r["both_parents_top3"]
