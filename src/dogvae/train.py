@@ -298,6 +298,28 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def fingerprints_per_rank(model: nn.Module, rt: Runtime) -> list[str]:
+    """`weights_fingerprint` of every process, by rank; ends on a tensor-free barrier.
+
+    DDP keeps the process group, and so Gloo's worker threads, alive past
+    `destroy_process_group` (PyTorch issues 72366, 109478). A worker frees a collective's
+    tensors a moment after the caller's wait returns, and freeing a tensor that Python has
+    already dropped takes the GIL. If that happens while the interpreter is shutting down, the
+    worker thread is killed inside C++ and the process aborts ("terminate called without an
+    active exception"; gdb showed ~AsyncAllgatherWork in pt_gloo_runloop waiting for the GIL
+    during Py_FinalizeEx). This gather is a run's last collective, so a barrier follows it:
+    waiting on it releases the GIL until every rank has arrived, which gives the workers time
+    to free the gather's buffers before the run ends, and it holds no tensors itself. It
+    narrows the race to a worker stalled for the whole barrier; PyTorch does not expose a way
+    to wait for the free itself."""
+    if rt.world_size == 1:
+        return [weights_fingerprint(model)]
+    replicas = [None] * rt.world_size
+    dist.all_gather_object(replicas, weights_fingerprint(model))
+    dist.barrier()
+    return replicas
+
+
 # --- batches and noise ----------------------------------------------------------------------
 
 
@@ -416,22 +438,6 @@ def kl_weight(beta: float, warmup_epochs: float, epoch_progress: float) -> float
 
 
 # --- validation -----------------------------------------------------------------------------
-
-
-def end_on_a_barrier() -> None:
-    """Make a tensor-free barrier the last collective of a distributed run.
-
-    DDP keeps the process group, and so Gloo's worker threads, alive past
-    `destroy_process_group` (PyTorch issues 72366, 109478). A worker frees a collective's
-    tensors a moment after the caller's wait returns, and freeing a tensor that Python has
-    already dropped takes the GIL. If that happens while the interpreter is shutting down, the
-    worker thread is killed inside C++ and the process aborts ("terminate called without an
-    active exception"; gdb showed ~AsyncAllgatherWork in pt_gloo_runloop waiting for the GIL
-    during Py_FinalizeEx). Waiting on a barrier releases the GIL until every rank has arrived,
-    which gives the workers time to free the last gather's buffers before the run ends; the
-    barrier itself holds no tensors. It narrows the race to a worker stalled for the whole
-    barrier; PyTorch does not expose a way to wait for the free itself."""
-    dist.barrier()
 
 
 def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -830,11 +836,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             if on_epoch is not None:
                 on_epoch(record)
     log.close()
-    replicas = [weights_fingerprint(model)]
-    if rt.world_size > 1:
-        replicas = [None] * rt.world_size
-        dist.all_gather_object(replicas, weights_fingerprint(model))
-        end_on_a_barrier()
+    replicas = fingerprints_per_rank(model, rt)
     if not rt.main:
         return {}
     if len(set(replicas)) > 1:
