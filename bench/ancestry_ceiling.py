@@ -26,25 +26,24 @@ from dogvae.data.cache import load_images
 from dogvae.data.decode import decode_file
 from dogvae.demo import DEMO_SYNTH
 from dogvae.latents import open_store
-from dogvae.synth import COAT_READINGS, dataset_factors, factor_vector, synthesize
-from dogvae.tasks.ancestry import evaluate_ancestry, read_mutts, recovery_on_features
+from dogvae.synth import COAT_READINGS, synthesize
+from dogvae.tasks.ancestry import (
+    evaluate_ancestry,
+    read_mutts,
+    recovery_on_features,
+    recovery_on_true_factors,
+)
 
 PIXELS, PCA_DIM = 64, 128
 BAR = (0.8, 0.9)
 
 
-def factor_rows(root: Path, ids: list[str], labels, mutt_ids: list[str], mutts) -> dict:
+def factor_rows(root: Path) -> dict:
     """Recovery from the true factors of the same dogs, for every way of reading the coats."""
     run = json.loads((root / "breeds.json").read_text())
-    pure, mixed = dataset_factors(len(run["breeds"]), run["per_breed"], run["mutts"], run["seed"])
-    looks = {i: f for i, _, f in pure} | {i: f for i, *_, f in mixed}
+    args = {"breeds": len(run["breeds"]), **{k: run[k] for k in ("per_breed", "mutts", "seed")}}
     return {
-        f"true factors, coats {coats}": recovery_on_features(
-            np.stack([factor_vector(looks[i], coats) for i in ids]),
-            labels,
-            np.stack([factor_vector(looks[i], coats) for i in mutt_ids]),
-            mutts,
-        )
+        f"true factors, coats {coats}": recovery_on_true_factors(coats, **args)
         for coats in COAT_READINGS
     }
 
@@ -88,7 +87,7 @@ def main() -> None:
         mutts, paths = read_mutts(root, list(data.breeds))
         mutt_images = np.stack([decode_file(p, PIXELS) for p in paths])
         images = np.asarray(data.images)
-        rows = factor_rows(root, list(data.ids), data.labels, [p.stem for p in paths], mutts)
+        rows = factor_rows(root)
         rows |= pixel_pca_row(images, data.labels, mutt_images, mutts)
         if args.run:
             rows |= run_rows(args.run, root)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dogvae import synth
 from dogvae.tasks.ancestry import (
-    Mutt,
     explain,
     mixture_fits,
     nearest_centroids,
-    recovery_on_features,
+    recovery_on_true_factors,
 )
 
 N_BREEDS, DIM = 10, 24
@@ -90,27 +88,15 @@ def test_nearest_centroid_baseline_ranks_by_distance(centroids):
     assert nearest_centroids(x, centroids)[0] == 4
 
 
-def _factor_ancestry(coats: str) -> dict[str, float]:
-    """Parent recovery of the default synthetic set's mutts read perfectly from their factors,
-    coats read as `coats` (`synth.factor_vector`)."""
-    pure, mixed = synth.dataset_factors()
-    names = sorted({breed for _, breed, _ in pure})
-    x = np.stack([synth.factor_vector(f, coats) for *_, f in pure])
-    labels = np.array([names.index(breed) for _, breed, _ in pure])
-    mutts = [Mutt(i, names.index(a), names.index(b), s) for i, a, b, s, _ in mixed]
-    mutt_x = np.stack([synth.factor_vector(f, coats) for *_, f in mixed])
-    return recovery_on_features(x, labels, mutt_x, mutts)
-
-
 def test_synthetic_mutts_read_from_their_factors_name_both_parents_if_coats_stay_in_rgb():
     """The ancestry bar (80% / 90%) is reachable from what the pictures show: mutts blend coat
     colours in RGB, and the fit recovers both parents from the true factors (100% top 2
     measured; 99% with a solid dog's unseen secondary colour hidden). Coats perceived as named
     colours, the way a breed classifier sees them, lose most mutts (29% measured): a
     black x white mutt is silver, like a third breed."""
-    in_rgb = _factor_ancestry("rgb")
-    pictured = _factor_ancestry("pictured")
-    by_name = _factor_ancestry("named")
+    in_rgb = recovery_on_true_factors("rgb")
+    pictured = recovery_on_true_factors("pictured")
+    by_name = recovery_on_true_factors("named")
     assert in_rgb["both_parents_top2"] >= 0.95 and in_rgb["share_error"] < 0.06
     assert pictured["both_parents_top2"] >= 0.95 and pictured["both_parents_top3"] >= 0.95
     assert by_name["both_parents_top2"] < 0.5

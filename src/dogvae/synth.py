@@ -298,16 +298,17 @@ def factor_vector(f: DogFactors, coats: str = "rgb") -> np.ndarray:
     shape = [(getattr(f, k) - lo) / (hi - lo) for k, (lo, hi) in FACTOR_RANGES.items()]
     kinds = ((f.ear_shape, EAR_SHAPES), (f.tail_curl, TAIL_CURLS), (f.pattern, PATTERNS))
     one_hot = [value == option for value, options in kinds for option in options]
-    shown = f.base_colour if f.pattern == "solid" else f.secondary_colour
-    coat = {
-        "rgb": np.concatenate([f.base_colour, f.secondary_colour]) / 255,
-        "pictured": np.concatenate([f.base_colour, shown]) / 255,
-        "named": np.array(
-            [_coat_name(c) == n for c in (f.base_colour, f.secondary_colour) for n in COAT_COLOURS]
-        ),
-        "none": np.zeros(0),
-    }[coats]
-    return np.concatenate([shape, one_hot, coat]).astype(float)
+    return np.concatenate([shape, one_hot, _coat_reading(f, coats)]).astype(float)
+
+
+def _coat_reading(f: DogFactors, coats: str) -> np.ndarray:
+    if coats == "none":
+        return np.zeros(0)
+    if coats == "named":
+        pair = (f.base_colour, f.secondary_colour)
+        return np.array([_coat_name(c) == n for c in pair for n in COAT_COLOURS], float)
+    hidden = coats == "pictured" and f.pattern == "solid"
+    return np.concatenate([f.base_colour, f.base_colour if hidden else f.secondary_colour]) / 255
 
 
 # ---------------------------------------------------------------------------- drawing

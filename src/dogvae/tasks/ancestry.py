@@ -27,9 +27,10 @@ prints the first four figures for any synth folder and run):
   (R^2 about 0). Neither colour augmentation while training (random channel gains and
   brightness: 47-50% against 40-42% without, two seeds each) nor unlabelled dogs of 112 other
   breeds in the training set (43%) fixes that, nor refining each code through the decoder
-  (100 Adam steps on reconstruction + prior from the encoder's mean: 45%); nor do breed classifiers trained on the purebreds: in their features the same fit gets
-  34% (plain), 44% (colour-blind), 17-43% (attention-pooled coat colours), 58% (pixel mixup);
-  all far below the 80% top-2 the task wants;
+  (100 Adam steps on reconstruction + prior from the encoder's mean: 45%); nor do breed
+  classifiers trained on the purebreds: in their features the same fit gets 34% (plain), 44%
+  (colour-blind), 17-43% (attention-pooled coat colours), 58% (pixel mixup); all far below
+  the 80% top-2 the task wants;
 - the penalty trades mutts against purebreds: 0 gives 47% top-2 but explains only 13% of
   held-out purebreds as one breed; 2 ln(8) = 4.2 gives 49% and 85%; 16 gives 48% and 98%
   with a worse share error (0.35).
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dogvae import synth
 from dogvae.errors import DataError
 from dogvae.latents import (
     LatentStore,
@@ -352,6 +354,21 @@ def recovery_on_features(
     found = [explain(x, centroids, whitener) for x in mutt_features]
     rankings = np.array([f.ranking for f in found])
     return parent_recovery(rankings, share_of_parent_a(found, mutts), mutts)
+
+
+def recovery_on_true_factors(coats: str, **synth_args) -> dict[str, float]:
+    """`recovery_on_features` on the true looks (`synth.factor_vector(f, coats)`) of the dogs
+    `synth.synthesize(**synth_args)` draws: what a perfect encoder would give."""
+    pure, mixed = synth.dataset_factors(**synth_args)
+    names = sorted({breed for _, breed, _ in pure})
+    labels = np.array([names.index(breed) for _, breed, _ in pure])
+    mutts = [Mutt(i, names.index(a), names.index(b), s) for i, a, b, s, _ in mixed]
+    return recovery_on_features(
+        np.stack([synth.factor_vector(f, coats) for *_, f in pure]),
+        labels,
+        np.stack([synth.factor_vector(f, coats) for *_, f in mixed]),
+        mutts,
+    )
 
 
 def evaluate_ancestry(
