@@ -32,9 +32,11 @@ def train_tiny_run(
     seed: int,
     epochs: int,
     warmup_steps: int = 5,
+    model: str = "vae",
 ) -> tuple[Path, Path]:
-    """Synthetic breeds at 32 px in root/data and a tiny model trained on them in root/run;
-    a second call with the same root finds the finished run and trains nothing."""
+    """Synthetic breeds at 32 px in root/data and a tiny `model` (vae, cvae or ssvae) trained
+    on them in root/run; a second call with the same root finds the finished run and trains
+    nothing."""
     from dogvae.synth import synthesize
     from dogvae.train import TrainConfig, train
 
@@ -59,7 +61,7 @@ def train_tiny_run(
                 lr=3e-3,
                 warmup_steps=warmup_steps,
                 progress=False,
-                model_overrides=dict(TINY_MODEL),
+                model_overrides={**TINY_MODEL, "model": model},
                 cache_dir=str(root / "cache"),
             )
         )

@@ -121,14 +121,18 @@ def test_a_photo_uploaded_once_is_asked_about_by_its_ref(client, dogs):
 def test_identify_answers_as_the_library_does(client, served, tiny_run, dogs):
     run, _ = tiny_run
     result = client.post("/api/identify", files=upload(dogs[1])).json()
-    assert set(result) == {"photo", "breed", "top", "novelty", "probe"}
+    assert set(result) == {
+        "photo", "breed", "top", "source", "accuracy", "note", "novelty", "probe", "probe_top"
+    }  # fmt: skip
+    assert result["source"] == "probe" and result["probe_top"] is None  # a plain VAE
+    assert all(pixels(t["image"]).shape == (32, 32, 3) for t in result["top"])
     assert len(result["top"]) == BREEDS  # top 5 of 3 breeds
     probabilities = [t["probability"] for t in result["top"]]
     assert probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1.0)
     assert set(result["novelty"]) == {
         "score", "threshold", "latent_distance_ratio", "reconstruction_error_ratio",
-        "unlike_training_dogs",
+        "kl_rate_ratio", "complexity_gap_ratio", "unlike_training_dogs",
     }  # fmt: skip
     assert result["breed"] in (*served.breeds, None)
     library = identify(served.model, served.store, dogs[1], run=run)

@@ -26,7 +26,7 @@ from dogvae.checkpoint import model_from_info, read_config
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train, weights_fingerprint
 
-PLAIN_TINY_MODEL = {**TINY_MODEL, "norm": "none"}
+PLAIN_TINY_MODEL = {**TINY_MODEL, "norm": "none", "model": "vae"}
 TRAIN = {"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "progress": False, "device": "cpu"}
 ELBO_RTOL = 1e-4  # measured at most 1.5e-5 (training loss after 10 steps)
 WEIGHT_ATOL = 0.02  # measured 0.005 after 10 Adam steps at lr 3e-3

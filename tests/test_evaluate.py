@@ -185,6 +185,19 @@ def test_breed_aware_models_get_their_own_figures(eval_run, tmp_path, kind):
     ident = metrics["identification"]
     assert (ident["classifier"] is not None) == (kind == "ssvae")
     assert (ident["confusion_source"] == "the model's own classifier") == (kind == "ssvae")
+    answering = ident["classifier"] or ident[ident["probe_chosen"]]
+    # the log loss of the identifier that answers, from the probabilities identify gives
+    from dogvae.checkpoint import load
+    from dogvae.latents import open_store
+    from dogvae.tasks.knowledge import BreedKnowledge
+    from dogvae.tasks.probe import log_loss
+
+    model = load(run)
+    knowledge = BreedKnowledge(model, open_store(model, run, data, progress=False), run)
+    val = knowledge.store.val_rows
+    expected = log_loss(knowledge.store_probabilities(val), knowledge.store.labels[val])
+    assert answering["log_loss"] == pytest.approx(expected, rel=1e-9)
+    assert expected < np.log(len(knowledge.breeds)) + 0.5  # calibrated: near uniform or better
     if kind == "ssvae":
         assert ident["classifier"]["views"] == 10
         assert (

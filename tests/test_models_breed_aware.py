@@ -356,14 +356,14 @@ def test_cli_samples_a_breed_from_the_cvae_decoder_without_a_latent_store(
 def test_cvae_breed_mix_keeps_z_and_walks_the_breed_embedding(breed_cvae_run, tmp_path):
     model = checkpoint.load(breed_cvae_run)
     a, b = model.breeds[0], model.breeds[2]
-    result = mix(model, None, a, b, tmp_path / "mix.png", steps=4)
+    result = mix(model, None, a, b, tmp_path / "mix.png", steps=4, breed_as="centroid")
     assert result["kinds"] == ["breed embedding", "breed embedding"]
     start = sample_dogs(model, tmp_path / "a.png", n=1, breed=a, temperature=0.0)
     assert start["method"] == "decoder"
     with torch.no_grad():
         first = model.decode(torch.zeros(1, 8), torch.tensor([0]))
         halfway = model.decode(torch.zeros(1, 8), torch.tensor([[0.5, 0.0, 0.5]]))
-    single = mix(model, None, a, b, tmp_path / "t.png", t=0.5)
+    single = mix(model, None, a, b, tmp_path / "t.png", t=0.5, breed_as="centroid")
     assert single["n_images"] == 1
     assert not torch.allclose(first, halfway)
 
@@ -379,15 +379,23 @@ def test_the_web_page_mixes_cvae_breeds_and_restyles_a_photo_through_the_decoder
 
     served = ServedRun(breed_cvae_run)
     model = served.model
-    a, b = served.mix_end(f"breed:{model.breeds[0]}"), served.mix_end(model.breeds[2])
-    assert a.kind == b.kind == "breed" and a.code is None, "no latent centroid, no store needed"
+    a = served.mix_end(f"breed:{model.breeds[0]}", "centroid")
+    b = served.mix_end(model.breeds[2], "centroid")
+    assert a.kind == b.kind == "breed" and a.point.code is None, "the embedding alone"
     with torch.no_grad():
         halfway = model.decode(torch.zeros(1, 8), torch.tensor([[0.5, 0.0, 0.5, 0.0]]))
     assert np.array_equal(served.mix_frames(a, b, [0.5])[0], to_uint8(halfway)[0])
     photo = served.add_photo(next((breed_synth / "train").iterdir()).read_bytes(), "dog.jpg")
     end = served.mix_end(photo.ref)
-    assert end.breed[-1] == 1.0, "a cvae reads a photo as an unknown breed"
+    assert end.point.breed[-1] == 1.0, "a cvae reads a photo as an unknown breed"
     restyled = served.mix_frames(end, b, [1.0])[0]
     with torch.no_grad():
-        expected = model.decode(torch.from_numpy(end.code[None]), torch.tensor([2]))
+        expected = model.decode(torch.from_numpy(end.point.code[None]), torch.tensor([2]))
     assert np.array_equal(restyled, to_uint8(expected)[0]), "the photo's z, drawn as breed b"
+    medoid = served.mix_end(model.breeds[0])  # the default: the breed's typical training dog
+    row = served.knowledge.medoid_rows[0]
+    assert served.store.labels[row] == 0 and row in served.store.train_rows
+    assert np.array_equal(medoid.point.code, served.store.mu[row])
+    with torch.no_grad():
+        drawn = model.decode(torch.from_numpy(served.store.mu[row][None]), torch.tensor([0]))
+    assert np.array_equal(served.mix_frames(medoid, b, [0.0])[0], to_uint8(drawn)[0])

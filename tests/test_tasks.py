@@ -21,7 +21,8 @@ from dogvae.tasks import (
     reconstruct_photos,
     sample_dogs,
 )
-from dogvae.tasks.identify import PROBE_FILE
+from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.probe import PROBE_FILE
 
 BREEDS = 4
 
@@ -92,7 +93,7 @@ def test_mix_strip_single_and_grid_are_deterministic(loaded, tiny_run, tmp_path)
     mutt = str(next((tiny_run[1] / "mutts").iterdir()))
     a, b = store.breeds[0], store.breeds[1].replace("_", " ").upper()  # names match loosely
     strip = mix(model, store, a, mutt, tmp_path / "strip.png", steps=5)
-    assert strip["n_images"] == 5 and strip["kinds"] == ["breed centroid", "photo"]
+    assert strip["n_images"] == 5 and strip["kinds"] == ["breed medoid", "photo"]
     again = mix(model, store, a, mutt, tmp_path / "again.png", steps=5)
     assert (tmp_path / "strip.png").read_bytes() == (tmp_path / "again.png").read_bytes()
     assert again["picture"] == str(tmp_path / "again.png")
@@ -100,15 +101,16 @@ def test_mix_strip_single_and_grid_are_deterministic(loaded, tiny_run, tmp_path)
     assert single["n_images"] == 1 and single["mode"] == "single"
     grid = mix(model, store, a, b, tmp_path / "grid.png", steps=3, grid=(mutt, store.breeds[2]))
     assert grid["n_images"] == 9 and grid["mode"] == "grid"
-    medoid = mix(model, store, a, b, tmp_path / "m.png", steps=2, breed_as="medoid")
-    assert medoid["kinds"] == ["breed medoid", "breed medoid"]
+    centroid = mix(model, store, a, b, tmp_path / "m.png", steps=2, breed_as="centroid")
+    assert centroid["kinds"] == ["breed centroid", "breed centroid"]
 
 
 def test_ancestry_gives_shares_that_sum_to_one_and_a_picture(loaded, tiny_run, tmp_path):
     model, store = loaded
     mutt = next((tiny_run[1] / "mutts").iterdir())
     result = ancestry(model, store, mutt, top=3, out=tmp_path / "ancestry.png")
-    assert set(result) == {"image", "parents", "ranking", "residual", "novelty", "picture"}
+    assert set(result) == {"image", "parents", "ranking", "residual", "space", "novelty", "picture"}
+    assert result["space"] == "codes"  # a plain VAE mixes breed centroids
     assert 1 <= len(result["parents"]) <= 3
     assert sum(p["share"] for p in result["parents"]) == pytest.approx(1.0, abs=1e-3)
     assert len(result["ranking"]) == 3 and set(result["ranking"]) <= set(store.breeds)
@@ -131,15 +133,20 @@ def test_identify_probabilities_sum_to_one_and_the_probe_is_kept(loaded, tiny_ru
     run, data = tiny_run
     dog = data / "train" / f"{store.ids[store.val_rows[0]]}.jpg"
     result = identify(model, store, dog, top=BREEDS, run=run, out=tmp_path / "id.png")
-    assert set(result) == {"image", "breed", "top", "novelty", "probe", "source", "picture"}
+    assert set(result) == {
+        "image", "breed", "top", "novelty", "probe", "source", "accuracy", "note", "picture"
+    }  # fmt: skip
     assert result["source"] == "probe"  # a plain VAE has no classifier of its own
+    assert "little more breed than the pixels" in result["note"]
+    chosen = result["probe"][result["probe"]["chosen"]]
+    assert result["accuracy"]["top1"] == chosen["top1"]  # the figures of the probe that answered
     assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0)
     assert [t["breed"] for t in result["top"]] != [] and (run / PROBE_FILE).is_file()
     assert set(result["probe"]) >= {"knn", "logistic", "chosen", "temperature", "chance_top1"}
     kept = (run / PROBE_FILE).stat().st_mtime_ns
     assert identify(model, store, dog, top=2, run=run)["top"] == result["top"][:2]
     assert (run / PROBE_FILE).stat().st_mtime_ns == kept
-    report = evaluate_identify(store, run)
+    report = evaluate_identify(BreedKnowledge(model, store, run))
     assert 0 <= report["logistic"]["top1"] <= 1 and 0 <= report["val_flagged_as_unlike"] <= 1
 
 
@@ -202,7 +209,7 @@ def test_every_command_prints_json(tiny_run, photos, tmp_path, capsys):
 def test_commands_print_text_by_default(tiny_run, capsys):
     run, data = tiny_run
     code, out, _ = run_cli(capsys, "identify", run, next((data / "mutts").iterdir()))
-    assert code == 0 and "probe:" in out and "novelty" in out
+    assert code == 0 and "the latent probe on" in out and "novelty" in out
 
 
 @pytest.mark.parametrize(
@@ -237,3 +244,34 @@ def test_unknown_breed_error_lists_close_matches(tiny_run, loaded, tmp_path, cap
     typo = breed[:-1] + ("x" if breed[-1] != "x" else "y")
     code, _, err = run_cli(capsys, "mix", tiny_run[0], typo, breed, "--out", tmp_path / "m.png")
     assert code == 2 and f"did you mean {breed}" in err
+
+
+def test_identify_folder_writes_the_kaggle_submission_layout(
+    tiny_run, loaded, photos, tmp_path, capsys
+):
+    import csv
+    import shutil
+
+    model, store = loaded
+    run, data = tiny_run
+    folder = tmp_path / "test"
+    folder.mkdir()
+    mutts = sorted((data / "mutts").glob("*.jpg"))[:3]
+    for mutt in mutts:
+        shutil.copy(mutt, folder / mutt.name)
+    shutil.copy(photos / "notes.jpg", folder / "notes.jpg")  # unreadable: uniform, counted
+    out = tmp_path / "submission.csv"
+    code, stdout, err = run_cli(capsys, "identify", run, folder, "--csv", out, "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["n_photos"] == 4 and result["skipped"] == {"notes.jpg": "not_an_image"}
+    with open(out, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["id", *sorted(store.breeds)]  # the competition's alphabetical columns
+    table = {row[0]: dict(zip(rows[0][1:], map(float, row[1:]), strict=True)) for row in rows[1:]}
+    assert sorted(table) == sorted([m.stem for m in mutts] + ["notes"])
+    assert all(v == pytest.approx(1 / BREEDS) for v in table["notes"].values())
+    one = identify(model, store, mutts[0], top=BREEDS, run=run)
+    for entry in one["top"]:  # the same photo alone gets the same probabilities, to 6 digits
+        assert table[mutts[0].stem][entry["breed"]] == pytest.approx(entry["probability"], rel=1e-5)
+    assert sum(table[mutts[1].stem].values()) == pytest.approx(1.0, abs=1e-5)

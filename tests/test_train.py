@@ -33,7 +33,7 @@ def tiny_data(tmp_path_factory):
 def tiny_config(data, out, **kw) -> TrainConfig:
     values = dict(
         data=str(data), out=str(out), epochs=3, batch_size=16, lr=3e-3, warmup_steps=5,
-        progress=False, model_overrides=dict(TINY_MODEL),
+        progress=False, model_overrides={**TINY_MODEL, "model": "vae"},
     )  # fmt: skip
     values.update(kw)
     return TrainConfig(**values)
@@ -324,3 +324,40 @@ def test_compile_flag_runs_the_compiled_model_to_the_same_weights(tiny_data, tmp
     b = load_file(str(tmp_path / "plain" / "last.safetensors"))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize(
+    "labelled, preset, asked, trained",
+    [
+        (True, "small64", None, "ssvae"),  # labels of two or more breeds: the breed-aware model
+        (False, "small64", None, "vae"),  # a plain folder of images: nothing to know breeds by
+        (True, "seed", None, "vae"),  # the Keras replica stays the replica
+        (True, "small64", "vae", "vae"),  # asked for
+        (True, "small64", "cvae", "cvae"),
+    ],
+)
+def test_the_model_trained_by_default_is_the_one_that_knows_breeds(
+    labelled, preset, asked, trained
+):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dogvae.model import preset_config
+    from dogvae.train import default_model
+
+    labels = np.array([0, 1, 2, 0] if labelled else [-1, -1, -1, -1])
+    overrides = {} if asked is None else {"model": asked}
+    cfg = TrainConfig(data="d", out="o", preset=preset, model_overrides=overrides)
+    model_cfg = cfg.model_config()
+    chosen = default_model(cfg, model_cfg, SimpleNamespace(labels=labels))
+    assert chosen.model == trained
+    assert chosen.image_size == preset_config(preset).image_size  # nothing else changes
+
+
+def test_train_on_labelled_data_trains_an_ssvae_and_says_why(tiny_data, tmp_path, caplog):
+    cfg = tiny_config(tiny_data, tmp_path / "run", epochs=1, model_overrides=dict(TINY_MODEL))
+    with caplog.at_level("INFO", logger="dogvae"):
+        train(cfg)
+    assert checkpoint.load(tmp_path / "run").config.model == "ssvae"
+    assert "model: ssvae (the images are labelled with breeds" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -175,14 +176,13 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_mix(args) -> int:
-    from dogvae.tasks.mixing import breed_ends, check_mix_options, mix
+    from dogvae.tasks.mixing import check_mix_options, mix, needs_store
     from dogvae.tasks.report import format_mix
 
     check_mix_options(args.steps, args.method, args.t, args.grid)
     model = _open_model(args)
     ends = [args.a, args.b, *(args.grid or [])]
-    needs_store = breed_ends(model, ends) and not model.conditional  # see tasks.mixing
-    store = _open_store(args, model) if needs_store else None
+    store = _open_store(args, model) if needs_store(model, ends, args.breed_as) else None
     result = mix(
         model, store, args.a, args.b, args.out, steps=args.steps, method=args.method, t=args.t,
         grid=tuple(args.grid) if args.grid else None, breed_as=args.breed_as,
@@ -190,38 +190,57 @@ def cmd_mix(args) -> int:
     return _emit(args, result, format_mix)
 
 
+def _knowledge(args):
+    """The model and what its run knows about breeds; a bad photo fails before the store is
+    opened (or encoded)."""
+    from dogvae.tasks.inputs import read_photos
+    from dogvae.tasks.knowledge import BreedKnowledge
+
+    model = _open_model(args)
+    image = getattr(args, "image", None)
+    if image is not None and not image.is_dir():
+        read_photos(model, [image])
+    return BreedKnowledge(model, _open_store(args, model), args.run)
+
+
 def cmd_ancestry(args) -> int:
     from dogvae.tasks import ancestry, evaluate_ancestry
-    from dogvae.tasks.inputs import read_photos
     from dogvae.tasks.report import format_ancestry, format_ancestry_evaluation
 
     if (args.image is None) == (args.eval_mutts is None):
         raise DogvaeError("give either an image or --eval-mutts DATA (a `dogvae synth` folder)")
-    model = _open_model(args)
-    if args.image is not None:
-        read_photos(model, [args.image])  # a bad photo fails before the store is opened
-    store = _open_store(args, model)
+    knowledge = _knowledge(args)
+    model, store = knowledge.model, knowledge.store
     if args.eval_mutts is not None:
-        report = evaluate_ancestry(model, store, args.eval_mutts)
+        report = evaluate_ancestry(model, store, args.eval_mutts, knowledge=knowledge)
         return _emit(args, report, format_ancestry_evaluation)
-    result = ancestry(model, store, args.image, top=args.top, out=args.out)
+    result = ancestry(model, store, args.image, top=args.top, out=args.out, knowledge=knowledge)
     return _emit(args, result, format_ancestry)
 
 
 def cmd_identify(args) -> int:
     from dogvae.tasks import evaluate_identify, identify
-    from dogvae.tasks.inputs import read_photos
-    from dogvae.tasks.report import format_identify, format_identify_evaluation
+    from dogvae.tasks.identify import identify_folder
+    from dogvae.tasks.report import (
+        format_identify,
+        format_identify_evaluation,
+        format_identify_folder,
+    )
 
     if (args.image is None) == (not args.eval):
-        raise DogvaeError("give either an image or --eval")
-    model = _open_model(args)
-    if args.image is not None:
-        read_photos(model, [args.image])  # a bad photo fails before the store is opened
-    store = _open_store(args, model)
+        raise DogvaeError("give either an image (or a folder of them) or --eval")
+    folder = args.image is not None and args.image.is_dir()
+    if folder != (args.csv is not None):
+        raise DogvaeError("--csv FILE goes with a folder of photos, and a folder needs --csv")
+    knowledge = _knowledge(args)
     if args.eval:
-        return _emit(args, evaluate_identify(store, args.run), format_identify_evaluation)
-    result = identify(model, store, args.image, top=args.top, run=args.run, out=args.out)
+        return _emit(args, evaluate_identify(knowledge), format_identify_evaluation)
+    if folder:
+        return _emit(args, identify_folder(knowledge, args.image, args.csv), format_identify_folder)
+    result = identify(
+        knowledge.model, knowledge.store, args.image, top=args.top, out=args.out,
+        knowledge=knowledge,
+    )  # fmt: skip
     return _emit(args, result, format_identify)
 
 
@@ -282,8 +301,9 @@ def add_task_parsers(sub) -> None:
     p.add_argument("--t", type=float, help="write only the mix at this point (0 = A, 1 = B)")
     p.add_argument("--grid", nargs=2, metavar=("C", "D"), help="bottom corners of a 2-D mix")
     p.add_argument(
-        "--breed-as", choices=["centroid", "medoid"], default="centroid",
-        help="a breed is its centroid, or its training dog nearest the centroid",
+        "--breed-as", choices=["medoid", "centroid"], default="medoid",
+        help="a breed is its typical training dog (default), or its centroid (a cvae or "
+        "ssvae: its breed embedding drawn with the other end's code)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.set_defaults(func=cmd_mix)
@@ -296,10 +316,14 @@ def add_task_parsers(sub) -> None:
     p.set_defaults(func=cmd_ancestry)
 
     p = _task_parser(sub, "identify", "the breed, with probabilities, or 'unlike any dog'")
-    p.add_argument("image", nargs="?", type=Path, metavar="IMG")
+    p.add_argument("image", nargs="?", type=Path, metavar="IMG", help="a photo or a folder")
+    p.add_argument(
+        "--csv", type=Path, metavar="FILE",
+        help="with a folder: write a probability per breed per photo (Kaggle submission layout)",
+    )  # fmt: skip
     p.add_argument("--top", type=int, default=5, help="breeds to list")
     p.add_argument("--out", type=Path, help="PNG: photo, reconstruction, top breeds")
-    p.add_argument("--eval", action="store_true", help="validation accuracy of the probes")
+    p.add_argument("--eval", action="store_true", help="validation figures of the identifiers")
     p.set_defaults(func=cmd_identify)
 
     p = _task_parser(sub, "clusters", "cluster the latent space; score against breeds; map it")
@@ -465,8 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_library_log() -> None:
+    """The library's INFO messages on stderr, as plain lines (once per process)."""
+    logger = logging.getLogger("dogvae")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_library_log()
     try:
         return args.func(args)
     except DogvaeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 
 SECTIONS = (
@@ -72,6 +73,12 @@ def format_evaluation(m: dict) -> str:
         f"breed top-1/top-5: {', '.join(found)}; pixel PCA logistic {_pct(pixel['top1'])}/"
         f"{_pct(pixel['top5'])}; chance {_pct(ident['chance']['top1'])}/"
         f"{_pct(ident['chance']['top5'])}"
+    )
+    answering = ident["classifier"] or ident[ident["probe_chosen"]]
+    lines.append(
+        f"breed log loss of the {'classifier' if ident['classifier'] else 'probe'} that answers "
+        f"(Kaggle's metric, calibrated): {_loss(answering.get('log_loss'))} nats; "
+        f"uniform {_loss(math.log(ident['n_breeds']))}"
     )
     km, pixel_km = m["clustering"]["kmeans"], m["clustering"]["pixel_pca"]["kmeans"]
     lines.append(
@@ -231,6 +238,10 @@ def _active_units_html(m: dict) -> str:
     )
 
 
+def _loss(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _classifier_name(figures: dict, name: str = "the model's own classifier") -> str:
     """With the number of views of each photo it averaged, where the metrics say."""
     views = figures.get("views")
@@ -249,8 +260,9 @@ def _identification_html(m: dict) -> str:
         ("logistic probe on PCA features of pixels", pixel["logistic"], "baseline"),
         ("chance", ident["chance"], "baseline"),
     ]
-    rows = [[html.escape(n), _pct(r["top1"]), _pct(r["top5"])] for n, r, _ in entries]
-    return _table(["", "top-1", "top-5"], rows, [c for *_, c in entries]) + _note(
+    rows = [[html.escape(n), _pct(r["top1"]), _pct(r["top5"]), _loss(r.get("log_loss"))]
+            for n, r, _ in entries]  # fmt: skip
+    return _table(["", "top-1", "top-5", "log loss"], rows, [c for *_, c in entries]) + _note(
         f"{ident['n_breeds']} breeds; fitted on {ident['n_train']} training images, scored on "
         f"{ident['n_val']} validation images (whatever the split above). Codes are "
         "facing-invariant (mean of the image's and its mirror's posterior means); the pixel "

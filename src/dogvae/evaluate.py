@@ -45,13 +45,9 @@ from dogvae.metrics import (
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, pairs_grid, save_png
 from dogvae.tasks.clusters import cluster_latents
-from dogvae.tasks.identify import (
-    accuracy_at,
-    breed_probe,
-    choose_probe,
-    evaluate_identify,
-    softmax,
-)
+from dogvae.tasks.identify import evaluate_identify
+from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.probe import choose_probe
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -98,7 +94,8 @@ def evaluate_run(
     out = eval_dir(run)
     pca = pixel_pca(images.images[train_rows], model.config.latent_dim)
     pixel_store = pixel_feature_store(pca, images, store)
-    identification, confusion_probs = identification_figures(model, images, store, run)
+    knowledge = BreedKnowledge(model, store, run)
+    identification, confusion_probs = identification_figures(knowledge)
     identification["pixel_pca"] = pixel_baseline(pixel_store)
     metrics = {
         "schema_version": SCHEMA_VERSION,
@@ -111,7 +108,7 @@ def evaluate_run(
         **likelihood_figures(model, images, rows),
         "identification": identification,
         "clustering": clustering_figures(store, pixel_store, out),
-        "ancestry": ancestry_figures(model, store, data),
+        "ancestry": ancestry_figures(knowledge, data),
     }
     metrics["reconstruction"].update(
         ssim=reconstruction_ssim(model, images, rows),
@@ -122,7 +119,7 @@ def evaluate_run(
         "reconstructions": str(reconstruction_grid(model, images, rows, out)),
         "samples": str(prior_samples(model, out)),
         "breed_samples": breed_samples(model, store.breeds, out),
-        "mixes": mix_strips(model, store, identification["confusion"], out),
+        "mixes": mix_strips(knowledge, identification["confusion"], out),
         "latent_map": metrics["clustering"].pop("picture"),
     }
     metrics["seconds"] = time.perf_counter() - started
@@ -252,7 +249,7 @@ def pixel_feature_store(pca, images, store: LatentStore) -> LatentStore:
     return LatentStore(
         mu=features[0], logvar=np.zeros_like(features[0]), mu_mirror=features[1],
         labels=store.labels, ids=store.ids, is_val=store.is_val, recon_mse=zeros, code_gap=zeros,
-        breeds=store.breeds, weights_sha256="pixel-pca", data_key=store.data_key,
+        class_log_probs=np.zeros((len(labelled), 0), np.float32), breeds=store.breeds, weights_sha256="pixel-pca", data_key=store.data_key,
     )  # fmt: skip
 
 
@@ -264,49 +261,34 @@ def _pca_features(pca, pixels: np.ndarray, rows: np.ndarray, flip: bool) -> np.n
     return np.concatenate(parts).astype(np.float32)
 
 
-def identification_figures(model: BaseVAE, images, store: LatentStore, run: Path):
-    """Top-1/top-5 on the validation split of the latent probes, the model's own classifier
-    and chance; and the validation labels with the probabilities of the best identifier (for
-    the confusion table)."""
-    report = evaluate_identify(store, run)
+def identification_figures(knowledge: BreedKnowledge):
+    """Top-1/top-5 and log loss on the validation split of the latent probes, the model's own
+    classifier (as `identify` answers with it: calibrated, all its views) and chance; and the
+    validation labels with the probabilities of the identifier that answers (for the
+    confusion table)."""
+    store = knowledge.store
+    report = evaluate_identify(knowledge)
     val = store.val_rows
-    labels = store.labels[val]
     figures = {
         "n_train": report["n_train"],
         "n_val": report["n_val"],
         "n_breeds": len(store.breeds),
         "chance": {"top1": report["chance_top1"], "top5": report["chance_top5"]},
-        "knn": report["knn"],
-        "logistic": report["logistic"],
+        "knn": dict(report["knn"]),
+        "logistic": dict(report["logistic"]),
+        "probe_chosen": report["chosen"],
         "classifier": None,
     }
-    probs = breed_probe(store, run).predict_proba(store.codes[val])
+    figures[report["chosen"]]["log_loss"] = report["log_loss"]  # the calibrated one's
     figures["confusion_source"] = f"{report['chosen']} probe on the latent codes"
-    if model.has_classifier:
-        probs = classifier_probabilities(model, images, store, val)
-        figures["classifier"] = {f"top{k}": accuracy_at(probs, labels, k) for k in (1, 5)}
-        figures["classifier"]["views"] = model.config.classifier_views
+    if knowledge.classifier is not None:
+        figures["classifier"] = {
+            **{k: knowledge.classifier.report[k] for k in ("top1", "top5", "log_loss")},
+            "temperature": knowledge.classifier.temperature,
+            "views": knowledge.model.config.classifier_views,
+        }
         figures["confusion_source"] = "the model's own classifier"
-    return figures, (labels, probs)
-
-
-@torch.no_grad()
-def classifier_probabilities(model: BaseVAE, images, store: LatentStore, rows: np.ndarray):
-    """(N, store breeds) probabilities of the model's classifier for the store's `rows`,
-    its breeds matched to the data's by name (a breed it does not know gets 0)."""
-    id_to_row = {str(image_id): i for i, image_id in enumerate(images.ids)}
-    image_rows = np.array([id_to_row[str(store.ids[r])] for r in rows])
-    device = next(model.parameters()).device
-    logits = torch.cat(
-        [model.classify(x).float().cpu() for x in _batches(images, image_rows, device)]
-    )
-    own = softmax(logits.numpy().astype(np.float64))
-    position = {name: i for i, name in enumerate(model.breeds)}
-    probs = np.zeros((len(rows), len(store.breeds)))
-    for b, name in enumerate(store.breeds):
-        if name in position:
-            probs[:, b] = own[:, position[name]]
-    return probs
+    return figures, (store.labels[val], knowledge.store_probabilities(val))
 
 
 def pixel_baseline(pixel_store: LatentStore) -> dict:
@@ -355,13 +337,13 @@ def clustering_figures(store: LatentStore, pixel_store: LatentStore, out: Path) 
     }
 
 
-def ancestry_figures(model: BaseVAE, store: LatentStore, data: Path) -> dict | None:
+def ancestry_figures(knowledge: BreedKnowledge, data: Path) -> dict | None:
     """Parent recovery on the synthetic mutts beside nearest-centroid; None without mutts."""
     from dogvae.tasks.ancestry import evaluate_ancestry
 
     if not (data / "mutts.csv").is_file():
         return None
-    return evaluate_ancestry(model, store, data)
+    return evaluate_ancestry(knowledge.model, knowledge.store, data, knowledge=knowledge)
 
 
 # --- pictures ------------------------------------------------------------------------------
@@ -399,17 +381,19 @@ def breed_samples(model: BaseVAE, breeds: list[str], out: Path) -> str | None:
     return str(save_png(picture, out / "breed-samples.png"))
 
 
-def mix_strips(model: BaseVAE, store: LatentStore, confusion: dict, out: Path) -> list[dict]:
-    """Strips between breeds: the most-confused pair, and the first two breeds."""
+def mix_strips(knowledge: BreedKnowledge, confusion: dict, out: Path) -> list[dict]:
+    """Strips between breeds (as their typical dogs): the most-confused pair, and the first
+    two breeds."""
     from dogvae.tasks.mixing import mix
 
+    model, store = knowledge.model, knowledge.store
     pairs = [(p["true"], p["predicted"]) for p in confusion["pairs"][:1]]
     if len(store.breeds) >= 2:
         pairs.append((store.breeds[0], store.breeds[1]))
     unique = list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
     strips = []
     for i, (a, b) in enumerate(unique, start=1):
-        made = mix(model, store, a, b, out / f"mix-{i}.png", steps=MIX_STEPS)
+        made = mix(model, store, a, b, out / f"mix-{i}.png", steps=MIX_STEPS, knowledge=knowledge)
         strips.append({"a": a, "b": b, "picture": made["picture"]})
     return strips
 
@@ -433,6 +417,7 @@ COMPARE_ROWS = (
     ("top-5 logistic", ("identification", "logistic", "top5"), "higher", "{:.1%}"),
     ("top-1 classifier", ("identification", "classifier", "top1"), "higher", "{:.1%}"),
     ("top-5 classifier", ("identification", "classifier", "top5"), "higher", "{:.1%}"),
+    ("log loss classifier", ("identification", "classifier", "log_loss"), "lower", "{:.3f}"),
     ("  top-1 pixel PCA logistic", ("identification", "pixel_pca", "logistic", "top1"), None, "{:.1%}"),
     ("  top-1 chance", ("identification", "chance", "top1"), None, "{:.1%}"),
     ("clusters NMI (k-means)", ("clustering", "kmeans", "nmi"), "higher", "{:.3f}"),

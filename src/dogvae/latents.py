@@ -37,9 +37,10 @@ from dogvae.errors import DataError, DogvaeError
 from dogvae.losses import kl_per_dim, reconstruction_nll
 from dogvae.metrics import mse_per_image
 from dogvae.model import BaseVAE
+from dogvae.precision import inference_autocast
 
 STORE_FILE = "latents.npz"
-STORE_FORMAT = "dogvae-latents/3"
+STORE_FORMAT = "dogvae-latents/4"
 ENCODE_BATCH = 256
 
 
@@ -55,6 +56,7 @@ class LatentStore:
     is_val: np.ndarray  # (N,) bool: in the run's validation split
     recon_mse: np.ndarray  # (N,) float32 MSE of decode(mu) against the image, pixels in [0, 1]
     code_gap: np.ndarray  # (N,) float32 bits: the model's code length minus PNG's (`code_gap`)
+    class_log_probs: np.ndarray  # (N, C) float32 log q(y|x) over the model's C breeds; C = 0
     breeds: list[str]
     weights_sha256: str  # the weights that encoded it
     data_key: str  # the image set it was encoded from (see `data_fingerprint`)
@@ -126,7 +128,7 @@ class LatentStore:
         """These rows as the encoder gave them, for scoring like a new photo."""
         return Encoded(
             self.mu[rows], self.logvar[rows], self.mu_mirror[rows],
-            self.recon_mse[rows], self.code_gap[rows],
+            self.recon_mse[rows], self.code_gap[rows], self.class_log_probs[rows],
         )  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
@@ -140,6 +142,7 @@ class LatentStore:
             "is_val": self.is_val,
             "recon_mse": self.recon_mse,
             "code_gap": self.code_gap,
+            "class_log_probs": self.class_log_probs,
             "breeds": np.array(self.breeds, dtype=str),
             "weights_sha256": np.array(self.weights_sha256),
             "data_key": np.array(self.data_key),
@@ -164,6 +167,7 @@ class LatentStore:
                     is_val=f["is_val"].astype(bool),
                     recon_mse=f["recon_mse"],
                     code_gap=f["code_gap"],
+                    class_log_probs=f["class_log_probs"],
                     breeds=[str(b) for b in f["breeds"]],
                     weights_sha256=str(f["weights_sha256"]),
                     data_key=str(f["data_key"]),
@@ -282,13 +286,15 @@ def to_batch(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
 @dataclass
 class Encoded:
     """Images through the encoder: posterior means and log-variances, the means of the
-    mirrored images, the MSE of each image's reconstruction from its mean, and its code gap."""
+    mirrored images, the MSE of each image's reconstruction from its mean, its code gap, and
+    the model's own classifier's log-probabilities over its breeds (no columns without one)."""
 
     mu: np.ndarray
     logvar: np.ndarray
     mu_mirror: np.ndarray
     recon_mse: np.ndarray
     code_gap: np.ndarray
+    class_log_probs: np.ndarray
 
     @property
     def codes(self) -> np.ndarray:
@@ -308,29 +314,45 @@ def encode_images(
     progress: bool = False,
 ) -> Encoded:
     """uint8 (N, H, W, 3) images (those at `rows`, else all) through the encoder, a batch at a
-    time, so a memory-mapped cache is never loaded whole."""
+    time, so a memory-mapped cache is never loaded whole. A model with a classifier classifies
+    each image once (in bf16 where that is fast): its scores choose the breed it is encoded with
+    and are kept."""
     device = next(model.parameters()).device
     model.eval()
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
     if len(rows) == 0:
         raise DogvaeError("no images to encode")
     parts: dict[str, list[torch.Tensor]] = {
-        "mu": [], "logvar": [], "mu_mirror": [], "mse": [], "bits": []
+        "mu": [], "logvar": [], "mu_mirror": [], "mse": [], "bits": [], "class": []
     }  # fmt: skip
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, disable=not progress, desc="encoding", unit="batch", file=sys.stderr):
         x = to_batch(images[rows[start : start + batch_size]], device)
-        breed = model.resolve_breed(x, None)  # ssvae: its classifier's breed; others: none
-        mu, logvar = model.encode(x, breed=breed)
-        parts["mu"].append(mu)
-        parts["logvar"].append(logvar)
-        parts["mu_mirror"].append(model.encode(x.flip(3), breed=breed)[0])
-        logits = model.decode_logits(mu, breed=breed)
-        parts["mse"].append(mse_per_image(torch.sigmoid(logits.float()), x))
-        parts["bits"].append(model_bits(model, x, logits, mu, logvar))
+        for name, value in _encode_batch(model, x).items():
+            parts[name].append(value.float())
     arrays = {name: torch.cat(values).float().cpu().numpy() for name, values in parts.items()}
     gap = arrays["bits"] - png_bits(images[rows])
-    return Encoded(arrays["mu"], arrays["logvar"], arrays["mu_mirror"], arrays["mse"], gap)
+    return Encoded(
+        arrays["mu"], arrays["logvar"], arrays["mu_mirror"], arrays["mse"], gap, arrays["class"]
+    )
+
+
+def _encode_batch(model: BaseVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    scores = x.new_zeros(len(x), 0)
+    if model.has_classifier:  # its views are most of the work: bf16 where that is fast
+        with inference_autocast(x.device):
+            scores = model.classify(x).float()
+    breed = model.resolve_breed(x, None, scores if model.has_classifier else None)
+    mu, logvar = model.encode(x, breed=breed)
+    logits = model.decode_logits(mu, breed=breed)
+    return {
+        "mu": mu,
+        "logvar": logvar,
+        "mu_mirror": model.encode(x.flip(3), breed=breed)[0],
+        "mse": mse_per_image(torch.sigmoid(logits.float()), x),
+        "bits": model_bits(model, x, logits, mu, logvar),
+        "class": torch.log_softmax(scores.float(), 1) if scores.shape[1] else scores.float(),
+    }
 
 
 def model_bits(model: BaseVAE, x, logits, mu, logvar) -> torch.Tensor:
@@ -373,6 +395,7 @@ def encode_dataset(
         is_val=is_val[labelled],
         recon_mse=encoded.recon_mse,
         code_gap=encoded.code_gap,
+        class_log_probs=encoded.class_log_probs,
         breeds=list(images.breeds),
         weights_sha256=weights_fingerprint(model),
         data_key=data_fingerprint(images, _run_setting(model, "crop", "center")),

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import signal
@@ -42,6 +43,9 @@ from dogvae.errors import CheckpointError, DogvaeError
 from dogvae.metrics import active_units, mse_per_image, psnr_per_image, reconstruction_baselines
 from dogvae.model import PRESETS, BaseVAE, VAEConfig, build_model, preset_config
 from dogvae.pictures import image_grid, pairs_grid, save_png
+from dogvae.precision import cpu_has_native_bf16
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(DogvaeError):
@@ -144,15 +148,6 @@ class Runtime:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX, where bf16 autocast trains faster, not slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
@@ -629,7 +624,9 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
     torch.manual_seed(cfg.seed)
 
     images = _load_data(cfg, model_cfg.image_size, rt)
-    model_cfg = _fit_to_breeds(model_cfg, images)
+    model_cfg = _fit_to_breeds(default_model(cfg, model_cfg, images), images)
+    if rt.main and "model" not in cfg.model_overrides and not cfg.resume:
+        logger.info("model: %s (%s)", model_cfg.model, MODEL_REASONS[model_cfg.model])
     train_idx, val_idx = stratified_split(images.labels, cfg.val_fraction, cfg.seed)
     train_images = images
     if cfg.label_fraction < 1.0:
@@ -858,6 +855,24 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
     write_json(run / "metrics.json", summary)
     print(quality_line(summary))
     return summary
+
+
+def default_model(cfg: TrainConfig, model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:
+    """The model to train when none was asked for: on labelled images of two or more breeds
+    the ssvae, whose classifier is the part of dogvae that knows breeds (a plain VAE's codes
+    know them little better than the pixels do); otherwise, and for the `seed` preset (the
+    Keras replica), the plain VAE."""
+    if "model" in cfg.model_overrides or cfg.preset == "seed":
+        return model_cfg
+    labelled = np.unique(images.labels[images.labels >= 0])
+    return dataclasses.replace(model_cfg, model="ssvae" if len(labelled) >= 2 else "vae")
+
+
+MODEL_REASONS = {
+    "ssvae": "the images are labelled with breeds; --model vae trains the plain VAE",
+    "vae": "the images carry no breed labels, or --preset seed asks for the Keras replica",
+    "cvae": "asked for",
+}
 
 
 def _fit_to_breeds(model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:

@@ -141,7 +141,7 @@ def reconstruct(served: Served, limit: Limit, image: ImageField = None, photo: P
     tags=["photos"],
 )
 def ancestry(served: Served, limit: Limit, image: ImageField = None, photo: PhotoField = None):
-    """Which breeds, in what shares, best explain the dog; parents' centroids decoded."""
+    """Which breeds, in what shares, best explain the dog; a typical photo of each parent."""
     served.require_store()
     return served.ancestry(take_photo(served, limit, image, photo))
 
@@ -162,7 +162,7 @@ def mix(
     steps: Annotated[int, Form(ge=2, le=MAX_STEPS)] = 8,
     t: Annotated[float | None, Form(ge=0.0, le=1.0, description="one mix only")] = None,
     method: Annotated[Method, Form()] = "lerp",
-    breed_as: Annotated[BreedAs, Form()] = "centroid",
+    breed_as: Annotated[BreedAs, Form()] = "medoid",
 ):
     """Mix two photos, two breeds or one of each: the strip from a to b (or the one mix at
     `t`), with the URLs that decode single frames by `ref`, without encoding again."""
@@ -207,7 +207,7 @@ def mix_frame(
     b: str,
     t: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
     method: Method = "lerp",
-    breed_as: BreedAs = "centroid",
+    breed_as: BreedAs = "medoid",
 ):
     """One mix as a PNG: the slider's frame. Decodes one latent; encodes nothing."""
     ends = served.mix_end(a, breed_as), served.mix_end(b, breed_as)
@@ -222,7 +222,7 @@ def mix_strip(
     b: str,
     steps: Annotated[int, Query(ge=2, le=MAX_STEPS)] = 8,
     method: Method = "lerp",
-    breed_as: BreedAs = "centroid",
+    breed_as: BreedAs = "medoid",
 ):
     """The captioned strip from a to b as one PNG, to save."""
     end_a, end_b = served.mix_end(a, breed_as), served.mix_end(b, breed_as)

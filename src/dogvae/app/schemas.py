@@ -40,11 +40,28 @@ class BreedProbability(BaseModel):
     probability: float
 
 
+class BreedAnswer(BreedProbability):
+    image: str = Field(description="a typical training photo of the breed, PNG data URL")
+
+
+class Accuracy(BaseModel, extra="allow"):
+    """How the identifier that answered did on the run's validation split."""
+
+    top1: float | None
+    top5: float | None
+    log_loss: float | None = Field(description="mean -log p(true breed), nats (Kaggle's metric)")
+    n_val: int
+    chance_top1: float
+    chance_top5: float
+
+
 class Novelty(BaseModel):
     score: float | None
     threshold: float | None
     latent_distance_ratio: float | None
     reconstruction_error_ratio: float | None
+    kl_rate_ratio: float | None
+    complexity_gap_ratio: float | None
     unlike_training_dogs: bool = Field(
         description="above the 99th percentile of validation dogs' novelty: out of distribution"
     )
@@ -53,9 +70,15 @@ class Novelty(BaseModel):
 class IdentifyResult(BaseModel):
     photo: PhotoOut
     breed: str | None = Field(description="the most likely breed; null when unlike any dog")
-    top: list[BreedProbability]
+    top: list[BreedAnswer] = Field(description="likeliest first; calibrated probabilities")
+    source: str = Field(description="classifier (the model's own) or probe (on the codes)")
+    accuracy: Accuracy
+    note: str | None = Field(description="what to know about where the answer comes from")
     novelty: Novelty
-    probe: dict[str, Any] = Field(description="which probe answers and its validation accuracy")
+    probe: dict[str, Any] = Field(description="the latent probe and its validation accuracy")
+    probe_top: list[BreedProbability] | None = Field(
+        None, description="a model with a classifier: what the latent probe says beside it"
+    )
 
 
 class ReconstructResult(BaseModel):
@@ -67,15 +90,16 @@ class ReconstructResult(BaseModel):
 class Parent(BaseModel):
     breed: str
     share: float
-    image: str = Field(description="the breed's centroid decoded, PNG data URL")
+    image: str = Field(description="a typical training photo of the breed, PNG data URL")
 
 
 class AncestryResult(BaseModel):
     photo: PhotoOut
     parents: list[Parent] = Field(description="one to three breeds, shares summing to one")
-    mixture: str = Field(description="the parents' mixture decoded, PNG data URL")
+    mixture: str = Field(description="the dog drawn as the parents' mixture, PNG data URL")
     ranking: list[str]
     residual: float
+    space: str = Field(description="classifier (breed probabilities) or codes (latent centroids)")
     novelty: Novelty
 
 
@@ -139,4 +163,7 @@ class ModelCard(BaseModel):
     weights_sha256: str | None
     store: StoreState
     probe: dict[str, Any] | None
+    identifier: dict[str, Any] | None = Field(
+        description="which part of the model answers breed questions, its validation figures"
+    )
     limits: dict[str, int]

@@ -40,26 +40,24 @@ from dogvae.latents import (
     LatentStore,
     encode_dataset,
     encode_images,
-    load_dataset,
     open_store,
 )
-from dogvae.metrics import psnr_per_image
 from dogvae.model import count_parameters
-from dogvae.pictures import image_grid, to_uint8
-from dogvae.tasks.ancestry import explain
-from dogvae.tasks.identify import breed_probe
-from dogvae.tasks.inputs import as_tensor, find_breed, run_crop
+from dogvae.pictures import to_uint8
+from dogvae.tasks.ancestry import answer_ancestry, mixture_picture
+from dogvae.tasks.identify import answer_identify, breed_pictures
+from dogvae.tasks.inputs import find_breed, run_crop
+from dogvae.tasks.knowledge import BreedKnowledge
 from dogvae.tasks.mixing import (
-    BREED_POINTS,
     METHODS,
-    breed_point,
-    breed_weights,
+    EndPoint,
+    breed_end,
     decode_codes,
-    interpolate,
-    photo_breed_weights,
-    shared_codes,
+    mix_frames,
+    photo_end,
+    strip_picture,
 )
-from dogvae.tasks.novelty import NoveltyScorer
+from dogvae.tasks.reconstruct import reconstruct_pixels
 from dogvae.tasks.sample import draw_dogs
 
 MAX_UPLOAD_BYTES = 20_000_000  # 20 MB: a phone photo is 2-8 MB
@@ -92,16 +90,19 @@ class Photo:
 
 @dataclass(frozen=True)
 class MixEnd:
-    """One end of a mix: a latent code with a caption, and what to show for it. For a
-    conditional model also its breed weights (see `tasks.mixing.breed_weights`); a breed end
-    then has no code of its own and takes the other end's (`tasks.mixing.shared_codes`)."""
+    """One end of a mix, as `tasks.mixing` makes it (`point`), with the ref that names it."""
 
     ref: str
-    label: str
     kind: str  # photo, gallery or breed
-    code: np.ndarray | None
-    pixels: np.ndarray | None  # the photo itself; None for a breed
-    breed: np.ndarray | None = None
+    point: EndPoint
+
+    @property
+    def label(self) -> str:
+        return self.point.label
+
+    @property
+    def pixels(self) -> np.ndarray | None:
+        return self.point.pixels
 
 
 @dataclass(frozen=True)
@@ -158,15 +159,16 @@ class ServedRun:
         self._photos: OrderedDict[str, Photo] = OrderedDict()
         self._photos_lock = threading.Lock()
         self._photo_cache_size = photo_cache_size
-        self._breed_points: dict[tuple[int, str], np.ndarray] = {}
         self.metrics = _read_metrics(self.run)
         self.store, self.store_problem = self._open_store(data, progress)
         self.breeds = self.store.breeds if self.store is not None else list(self.model.breeds)
         self.gallery: dict[str, GalleryDog] = {}
+        self.knowledge: BreedKnowledge | None = None
         if self.store is not None:
-            self.probe = _probe(self.store, self.run)
-            self.scorer = NoveltyScorer.fit(self.store)
-            self.centroids = self.store.centroids()
+            self.knowledge = BreedKnowledge(self.model, self.store, self.run)
+            self.knowledge.calibration, self.knowledge.scorer, self.knowledge.probe  # noqa: B018
+            with self._inference():
+                self.breed_photos = breed_pictures(self.knowledge, list(range(len(self.breeds))))
             self.gallery = self._pick_gallery()
 
     # --- start-up ------------------------------------------------------------------------
@@ -197,7 +199,9 @@ class ServedRun:
         pixels = self._dataset_pixels(ids)
         decoded = pixels is None
         if decoded:
-            pixels = self._decode(store.mu[rows])
+            ends = [photo_end(self.model, None, store.as_encoded(np.array([r])), "") for r in rows]
+            weights = np.stack([e.breed for e in ends]) if self.model.conditional else None
+            pixels = self._decode(store.mu[rows], weights)
         codes = store.codes[rows]
         return {
             f"gallery:{image_id}": GalleryDog(
@@ -214,16 +218,8 @@ class ServedRun:
         }
 
     def _dataset_pixels(self, ids: list[str]) -> np.ndarray | None:
-        if not ids or not self.store.data or not Path(self.store.data).is_dir():
-            return None
-        try:
-            images = load_dataset(self.model, self.store.data, progress=False)
-        except (DogvaeError, OSError):
-            return None
-        index = {str(image_id): i for i, image_id in enumerate(images.ids)}
-        if not all(i in index for i in ids):
-            return None
-        return np.stack([np.asarray(images.images[index[i]]) for i in ids])
+        index = {str(image_id): row for row, image_id in enumerate(self.store.ids)}
+        return self.knowledge.photos_of_rows(np.array([index[i] for i in ids], np.int64))
 
     # --- the model, one call at a time ----------------------------------------------------
 
@@ -295,104 +291,67 @@ class ServedRun:
         return self.store
 
     def reconstruct(self, photo: Photo) -> dict:
-        x = as_tensor(self.model, photo.pixels[None])
+        """`tasks.reconstruct.reconstruct_pixels`, as `dogvae reconstruct` gives it."""
         with self._inference():
-            recon = self.model.decode(torch.from_numpy(photo.mu[None]).to(self._device))
-            psnr = float(psnr_per_image(recon, x)[0])
+            recon, psnr = reconstruct_pixels(self.model, photo.pixels[None])
         return {
             "photo": self.describe(photo),
             "reconstruction": data_url(to_uint8(recon)[0]),
-            "psnr": psnr,
+            "psnr": float(psnr[0]),
         }
 
     def identify(self, photo: Photo, top: int = TOP_BREEDS) -> dict:
-        """The breed, top breeds with calibrated probabilities, and the novelty verdict, as
-        `dogvae.tasks.identify` gives them for a file."""
-        store = self.require_store()
-        probs = self.probe.predict_proba(photo.code[None])[0]
-        order = np.argsort(-probs, kind="stable")[: max(1, top)]
-        novelty = self._novelty(photo)
-        return {
-            "photo": self.describe(photo),
-            "breed": None if novelty["unlike_training_dogs"] else store.breeds[order[0]],
-            "top": [{"breed": store.breeds[b], "probability": float(probs[b])} for b in order],
-            "novelty": novelty,
-            "probe": finite(self.probe.report),
-        }
+        """`tasks.identify.answer_identify` for the photo, each breed with a typical training
+        photo of it."""
+        answer = answer_identify(self.knowledge, photo.encoded, top)
+        for entry in answer["top"]:
+            entry["image"] = self._breed_image(entry["breed"])
+        return finite({"photo": self.describe(photo), **answer})
 
     def ancestry(self, photo: Photo, top: int = 3) -> dict:
-        """Parent breeds with shares (see `dogvae.tasks.ancestry`), each parent's centroid and
-        the mixture decoded."""
-        store = self.require_store()
-        found = explain(photo.code, self.centroids, self.scorer.whitener)
-        pictures = self._decode(np.vstack([found.mixture[None], self.centroids[found.parents]]))
-        return {
-            "photo": self.describe(photo),
-            "parents": [
-                {"breed": store.breeds[b], "share": s, "image": data_url(pictures[i + 1])}
-                for i, (b, s) in enumerate(zip(found.parents, found.shares, strict=True))
-            ],
-            "mixture": data_url(pictures[0]),
-            "ranking": [store.breeds[b] for b in found.ranking[:top]],
-            "residual": found.residual,
-            "novelty": self._novelty(photo),
-        }
+        """`tasks.ancestry.answer_ancestry` for the photo, each parent breed with a typical
+        training photo of it and the mixture drawn."""
+        answer, found = answer_ancestry(self.knowledge, photo.encoded, top)
+        for entry in answer["parents"]:
+            entry["image"] = self._breed_image(entry["breed"])
+        with self._inference():
+            mixture = mixture_picture(self.knowledge, photo.encoded, found)
+        return finite({"photo": self.describe(photo), **answer, "mixture": data_url(mixture)})
 
-    def _novelty(self, photo: Photo) -> dict:
-        return finite(self.scorer.score(photo.encoded)[0])
+    def _breed_image(self, breed: str) -> str:
+        return data_url(self.breed_photos[self.breeds.index(breed)])
 
     def describe(self, photo: Photo) -> dict:
         return {"ref": photo.ref, "name": photo.name, "image": data_url(photo.pixels)}
 
     # --- mixing ----------------------------------------------------------------------------
 
-    def mix_end(self, ref: str, breed_as: str = "centroid") -> MixEnd:
-        """`photo:...`, `gallery:...`, or a breed (`breed:NAME` or the bare name)."""
+    def mix_end(self, ref: str, breed_as: str = "medoid") -> MixEnd:
+        """`photo:...`, `gallery:...`, or a breed (`breed:NAME` or the bare name), as
+        `tasks.mixing` makes a mix's end."""
         if ref.startswith(("photo:", "gallery:")):
             photo = self.photo(ref)
-            kind = ref.split(":", 1)[0]
-            weights = None
-            if self.model.conditional:  # photo.mu was encoded with these weights' breed
-                with self._inference():
-                    weights = photo_breed_weights(self.model, photo.pixels)
-            return MixEnd(ref, Path(photo.name).stem, kind, photo.mu, photo.pixels, weights)
-        if self.model.conditional:  # a breed is its embedding, drawn with the other end's z
-            index = find_breed(ref.removeprefix("breed:"), self.model.breeds)
-            breed, weights = self.model.breeds[index], breed_weights(self.model, index)
-            return MixEnd(f"breed:{breed}", breed, "breed", None, None, weights)
-        if breed_as not in BREED_POINTS:
-            raise DogvaeError(f"a breed mixes as {' or '.join(BREED_POINTS)}, not {breed_as!r}")
+            point = photo_end(self.model, photo.pixels, photo.encoded, Path(photo.name).stem)
+            return MixEnd(ref, ref.split(":", 1)[0], point)
         name = ref.removeprefix("breed:")
-        index = find_breed(name, self.breeds)
-        store = self.require_store()
-        key = (index, breed_as)
-        if key not in self._breed_points:  # a race computes the same point twice, harmlessly
-            self._breed_points[key] = breed_point(store, index, breed_as)
-        breed = store.breeds[index]
-        return MixEnd(f"breed:{breed}", breed, "breed", self._breed_points[key], None)
+        find_breed(name, self.breeds)  # an unknown breed is 404 before the store is asked for
+        if self.knowledge is None and (breed_as == "medoid" or not self.model.conditional):
+            self.require_store()
+        point = breed_end(self.knowledge, self.model, name, breed_as)
+        return MixEnd(f"breed:{point.label}", "breed", point)
 
     def mix_frames(self, a: MixEnd, b: MixEnd, ts, method: str = "lerp") -> np.ndarray:
         """(T, S, S, 3) decoded mixes at each t (0 = a, 1 = b)."""
         if method not in METHODS:
             raise DogvaeError(f"unknown mixing method {method!r}; choose {' or '.join(METHODS)}")
-        ts = np.asarray(ts, np.float64)
-        code_a, code_b = shared_codes([a.code, b.code], self.latent_dim)
-        breeds = None if a.breed is None else interpolate(a.breed, b.breed, ts, "lerp")
-        return self._decode(interpolate(code_a, code_b, ts, method), breeds)
+        with self._inference():
+            return to_uint8(mix_frames(self.model, a.point, b.point, ts, method))
 
     def mix_strip(self, a: MixEnd, b: MixEnd, steps: int, method: str = "lerp") -> Image.Image:
         """The strip as one captioned PNG, photo ends shown as themselves beside it."""
-        frames = self.mix_frames(a, b, np.linspace(0.0, 1.0, steps), method)
-        tiles, captions = [frames], [a.label] + [""] * (steps - 2) + [b.label]
-        if a.pixels is not None:
-            tiles.insert(0, a.pixels[None])
-            captions.insert(0, "photo")
-        if b.pixels is not None:
-            tiles.append(b.pixels[None])
-            captions.append("photo")
-        images = np.concatenate(tiles)
-        scale = max(1, 96 // self.image_size)
-        return image_grid(images, ncols=len(images), captions=captions, scale=scale)
+        with self._inference():
+            frames = mix_frames(self.model, a.point, b.point, np.linspace(0.0, 1.0, steps), method)
+            return strip_picture(self.model, a.point, b.point, frames)
 
     # --- sampling --------------------------------------------------------------------------
 
@@ -442,7 +401,8 @@ class ServedRun:
                     "message": self.store_problem,
                     **(store.summary() if store is not None else {}),
                 },
-                "probe": self.probe.report if store is not None else None,
+                "probe": self.knowledge.probe.report if store is not None else None,
+                "identifier": self._identifier(),
                 "limits": {
                     "max_upload_bytes": max_upload_bytes,
                     "max_pixels": MAX_PIXELS,
@@ -451,6 +411,13 @@ class ServedRun:
                 },
             }
         )
+
+    def _identifier(self) -> dict | None:
+        """Which part of the model answers breed questions, and how well on validation."""
+        if self.knowledge is None:
+            return None
+        calibration = self.knowledge.calibration
+        return {"source": calibration.source, **calibration.report, "note": self.knowledge.note}
 
     def gallery_items(self) -> dict:
         return {
@@ -472,13 +439,6 @@ def _take_turns(groups: list[np.ndarray]):
     """The first of each group, then the second of each, and so on."""
     for i in range(max((len(g) for g in groups), default=0)):
         yield from (g[i] for g in groups if i < len(g))
-
-
-def _probe(store: LatentStore, run: Path):
-    try:
-        return breed_probe(store, run)
-    except OSError:  # a read-only run folder: fit it, keep it in memory
-        return breed_probe(store, None)
 
 
 def _read_metrics(run: Path) -> dict | None:

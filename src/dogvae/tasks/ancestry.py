@@ -1,46 +1,27 @@
-"""Which breeds, in what shares, best explain a dog: a sparse mixture of breed centroids.
+"""Which breeds, in what shares, best explain a dog: a sparse mixture of breed points.
 
-The dog's code x (facing-invariant, see `dogvae.latents`) is modelled as a convex combination
-of one, two or three breed centroids, sum_k s_k c_k with s_k > 0 and sum s_k = 1, fitted by
-least squares in whitened coordinates: distances under the pooled within-breed covariance, so
-a direction in which dogs of one breed already vary a lot counts for little. Every single
-breed, every pair and every triple among the most promising breeds is fitted in closed form from
-the Gram matrix of the centroids; the answer is the fit with the lowest residual plus
-`parent_penalty` per extra parent, so a purebred stays one breed and a third parent must earn
-its place. Breeds are then ranked: the chosen parents by share, then the rest by the best
-penalised fit that includes them.
+A dog's features x are modelled as a convex combination of one, two or three breed points,
+sum_k s_k c_k with s_k > 0 and sum s_k = 1, fitted by least squares in whitened coordinates
+(distances under the pooled within-breed covariance, so a direction in which dogs of one breed
+already vary a lot counts for little). The features come from the part of the model that knows
+breeds (`BreedKnowledge.ancestry_features`): a model with a classifier gives its calibrated
+breed probabilities, and each breed's point is its training dogs' mean probabilities; a model
+without one gives its facing-invariant code, and each breed's point is its centroid.
 
-Measured on the default synthetic set (100 mutts of 8 breeds; `bench/ancestry_ceiling.py`
-prints the first four figures for any synth folder and run):
-
-- the solver itself is sound: on the mutts' true generative factors (`synth.dataset_factors`,
-  `synth.factor_vector`) it puts both parents in the top 2 for 100% of mutts with a share
-  error of 0.03; 99% with only the coats a picture shows; 94% without any coat; but 28% with
-  each coat replaced by its nearest named colour, the way a breed classifier perceives it
-  (tested). Mutts blend coats in RGB, and a black x white mutt is silver, like a third breed:
-  a representation that names colours loses them;
-- on small64's codes (40 epochs) it gets 47-49% top-2, 58-59% top-3, share error 0.24-0.25,
-  against 34-35%, 50-52% and 0.25 for nearest-centroid; whitening matters there too (26% top-2
-  without). PCA of the pixels does better (54%) than the codes. The codes do not carry a
-  cross's looks the way they carry a purebred's: a linear read-out of the true factors from
-  the codes, fitted on the purebreds, explains 79% of their variance and none of the mutts'
-  (R^2 about 0). Neither colour augmentation while training (random channel gains and
-  brightness: 47-50% against 40-42% without, two seeds each) nor unlabelled dogs of 112 other
-  breeds in the training set (43%) fixes that, nor refining each code through the decoder
-  (100 Adam steps on reconstruction + prior from the encoder's mean: 45%); nor do breed
-  classifiers trained on the purebreds: in their features the same fit gets 34% (plain), 44%
-  (colour-blind), 17-43% (attention-pooled coat colours), 58% (pixel mixup); all far below
-  the 80% top-2 the task wants;
-- the penalty trades mutts against purebreds: 0 gives 47% top-2 but explains only 13% of
-  held-out purebreds as one breed; 2 ln(8) = 4.2 gives 49% and 85%; 16 gives 48% and 98%
-  with a worse share error (0.35).
+Every single breed, every pair and every triple among the most promising breeds is fitted in
+closed form from the Gram matrix of the points; the answer is the fit with the lowest residual
+plus `parent_penalty` per extra parent, so a purebred stays one breed and a third parent must
+earn its place. Breeds are then ranked: the chosen parents by share, then the rest by the best
+penalised fit that includes them. `bench/ancestry_ceiling.py` measures the fit on synthetic
+mutts with known parents, on the dogs' true looks and on a run's codes, beside
+nearest-centroid.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +30,7 @@ import torch
 from dogvae import synth
 from dogvae.errors import DataError
 from dogvae.latents import (
+    Encoded,
     LatentStore,
     breed_centroids,
     encode_images,
@@ -56,9 +38,9 @@ from dogvae.latents import (
     whitening_matrix,
 )
 from dogvae.model import BaseVAE
-from dogvae.pictures import image_grid, save_png
+from dogvae.pictures import image_grid, save_png, to_uint8
 from dogvae.tasks.inputs import as_tensor, find_breed, read_photos
-from dogvae.tasks.novelty import NoveltyScorer
+from dogvae.tasks.knowledge import BreedKnowledge
 
 MAX_PARENTS = 3
 TRIPLE_POOL = 24  # triples are searched among this many best-fitting breeds
@@ -220,11 +202,31 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.argsort(np.linalg.norm(centroids - x, axis=1), kind="stable")
 
 
-def _within_whitener(store: LatentStore) -> np.ndarray:
-    return whitening_matrix(store.pooled_covariance())
-
-
 # --- the task ----------------------------------------------------------------------------
+
+
+def answer_ancestry(
+    knowledge: BreedKnowledge, encoded: Encoded, top: int = 3, penalty: float | None = None
+) -> tuple[dict, Explanation]:
+    """The breed shares that best explain one encoded photo, the runners-up, the space they
+    were fitted in and the novelty verdict; and the explanation itself (for pictures)."""
+    found = explain(
+        knowledge.ancestry_features(encoded)[0],
+        knowledge.ancestry_centroids,
+        knowledge.ancestry_whitener,
+        penalty,
+    )
+    answer = {
+        "parents": [
+            {"breed": knowledge.breeds[b], "share": round(s, 4)}
+            for b, s in zip(found.parents, found.shares, strict=True)
+        ],
+        "ranking": [knowledge.breeds[b] for b in found.ranking[:top]],
+        "residual": found.residual,
+        "space": knowledge.ancestry_space,
+        "novelty": knowledge.scorer.score(encoded)[0],
+    }
+    return answer, found
 
 
 def ancestry(
@@ -234,39 +236,48 @@ def ancestry(
     top: int = 3,
     out: str | Path | None = None,
     penalty: float | None = None,
+    knowledge: BreedKnowledge | None = None,
 ) -> dict:
-    """Breed shares that best explain the dog in `photo`, the runners-up, and whether the
-    photo looks like any training dog at all; with `out`, a picture of the dog, its
-    reconstruction, the decoded mixture and the decoded parent centroids."""
+    """`answer_ancestry` for a photo file; with `out`, a picture of the dog, its
+    reconstruction, the mixture decoded and a typical training dog of each parent breed."""
+    knowledge = knowledge or BreedKnowledge(model, store)
     pixels = read_photos(model, [photo])
     encoded = encode_images(model, pixels)
-    centroids = store.centroids()
-    found = explain(encoded.codes[0], centroids, _within_whitener(store), penalty)
-    novelty = NoveltyScorer.fit(store).score(encoded)[0]
-    result = {
-        "image": str(photo),
-        "parents": [
-            {"breed": store.breeds[b], "share": round(s, 4)}
-            for b, s in zip(found.parents, found.shares, strict=True)
-        ],
-        "ranking": [store.breeds[b] for b in found.ranking[:top]],
-        "residual": found.residual,
-        "novelty": novelty,
-    }
+    answer, found = answer_ancestry(knowledge, encoded, top, penalty)
+    result = {"image": str(photo), **answer}
     if out is not None:
-        x = as_tensor(model, pixels)
-        result["picture"] = str(_ancestry_picture(model, x, found, centroids, store.breeds, out))
+        result["picture"] = str(_ancestry_picture(knowledge, pixels, encoded, found, out))
     return result
 
 
 @torch.no_grad()
-def _ancestry_picture(model, x, found: Explanation, centroids, breeds, out) -> Path:
-    device = x.device
-    codes = np.vstack([found.mixture[None], centroids[found.parents]]).astype(np.float32)
-    decoded = model.decode(torch.from_numpy(codes).to(device))
-    tiles = torch.cat([x, model.reconstruct(x), decoded]).cpu()
+def mixture_picture(knowledge: BreedKnowledge, encoded: Encoded, found: Explanation) -> np.ndarray:
+    """(S, S, 3) uint8: the explanation drawn. A conditional model draws the dog's own code
+    with the parents' breed weights; a plain VAE decodes the mixture of breed centroids."""
+    from dogvae.tasks.mixing import decode_codes
+
+    model = knowledge.model
+    if not model.conditional:
+        return to_uint8(decode_codes(model, found.mixture[None]))[0]
+    weights = np.zeros((1, len(model.breeds) + 1), np.float32)
+    for b, share in zip(found.parents, found.shares, strict=True):
+        weights[0, model.breeds.index(knowledge.breeds[b])] = share
+    return to_uint8(decode_codes(model, encoded.mu, weights))[0]
+
+
+def _ancestry_picture(knowledge, pixels, encoded, found: Explanation, out) -> Path:
+    from dogvae.tasks.identify import breed_pictures
+
+    model = knowledge.model
+    x = as_tensor(model, pixels)
+    with torch.no_grad():
+        recon = to_uint8(model.reconstruct(x).cpu())
+    tiles = np.concatenate(
+        [pixels, recon, mixture_picture(knowledge, encoded, found)[None],
+         breed_pictures(knowledge, found.parents)]
+    )  # fmt: skip
     captions = ["dog", "reconstruction", "mixture"] + [
-        f"{breeds[b]} {s:.0%}" for b, s in zip(found.parents, found.shares, strict=True)
+        f"{knowledge.breeds[b]} {s:.0%}" for b, s in zip(found.parents, found.shares, strict=True)
     ]
     scale = max(1, 128 // model.config.image_size)
     return save_png(image_grid(tiles, ncols=len(tiles), captions=captions, scale=scale), out)
@@ -308,13 +319,13 @@ def read_mutts(mutts_dir: str | Path, breeds: list[str]) -> tuple[list[Mutt], li
     return mutts, paths
 
 
-def encode_photos(model: BaseVAE, paths: list[Path], batch: int = 64) -> np.ndarray:
-    """Facing-invariant codes of photo files, a batch at a time."""
-    codes = [
-        encode_images(model, read_photos(model, paths[start : start + batch])).codes
+def encode_photo_files(model: BaseVAE, paths: list[Path], batch: int = 64) -> Encoded:
+    """Photo files through the encoder, a batch at a time."""
+    parts = [
+        encode_images(model, read_photos(model, paths[start : start + batch]))
         for start in range(0, len(paths), batch)
     ]
-    return np.concatenate(codes)
+    return Encoded(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Encoded)))
 
 
 def parent_recovery(
@@ -372,26 +383,36 @@ def recovery_on_true_factors(coats: str, **synth_args) -> dict[str, float]:
 
 
 def evaluate_ancestry(
-    model: BaseVAE, store: LatentStore, mutts_dir: str | Path, penalty: float | None = None
+    model: BaseVAE,
+    store: LatentStore,
+    mutts_dir: str | Path,
+    penalty: float | None = None,
+    knowledge: BreedKnowledge | None = None,
 ) -> dict:
-    """Parent recovery on synthetic mutts, against nearest-centroid; and how often a held-out
-    purebred (validation split) is explained as one breed, its own."""
+    """Parent recovery on synthetic mutts by the shipped fit (in `knowledge.ancestry_space`),
+    against nearest-centroid on the codes; and how often a held-out purebred (validation
+    split) is explained as one breed, its own."""
+    knowledge = knowledge or BreedKnowledge(model, store)
     mutts, paths = read_mutts(mutts_dir, store.breeds)
     penalty = parent_penalty(len(store.breeds)) if penalty is None else penalty
-    codes = encode_photos(model, paths)
-    centroids, whitener = store.centroids(), _within_whitener(store)
-    found = [explain(x, centroids, whitener, penalty) for x in codes]
+    encoded = encode_photo_files(model, paths)
+    centroids, whitener = knowledge.ancestry_centroids, knowledge.ancestry_whitener
+    features = knowledge.ancestry_features(encoded)
+    found = [explain(x, centroids, whitener, penalty) for x in features]
     share_a = share_of_parent_a(found, mutts)
-    baseline = np.array([nearest_centroids(x, centroids) for x in codes])
+    codes, code_centroids = encoded.codes, knowledge.centroids
+    baseline = np.array([nearest_centroids(x, code_centroids) for x in codes])
     base_share_a = np.array(
         [
-            _inverse_distance_share(x, centroids, r[:2], m.parent_a)
+            _inverse_distance_share(x, code_centroids, r[:2], m.parent_a)
             for x, r, m in zip(codes, baseline, mutts, strict=True)
         ]
     )
-    pure = [explain(store.codes[i], centroids, whitener, penalty) for i in store.val_rows]
+    val = store.val_rows
+    pure_features = knowledge.ancestry_features(store.as_encoded(val)) if len(val) else []
+    pure = [explain(x, centroids, whitener, penalty) for x in pure_features]
     pure_single = (
-        np.mean([f.parents == [store.labels[i]] for f, i in zip(pure, store.val_rows, strict=True)])
+        np.mean([f.parents == [store.labels[i]] for f, i in zip(pure, val, strict=True)])
         if pure
         else None
     )
@@ -399,6 +420,7 @@ def evaluate_ancestry(
         "n_mutts": len(mutts),
         "n_breeds": len(store.breeds),
         "penalty": penalty,
+        "space": knowledge.ancestry_space,
         "ancestry": parent_recovery(np.array([f.ranking for f in found]), share_a, mutts),
         "nearest_centroid": parent_recovery(baseline, base_share_a, mutts),
         "chance_both_parents_top2": 1.0 / (len(store.breeds) * (len(store.breeds) - 1) / 2),

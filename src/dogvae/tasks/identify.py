@@ -1,234 +1,65 @@
-"""Name a dog's breed from its latent code, with probabilities that mean what they say.
+"""Which breed is this dog? The answer of the part of the model that knows breeds.
 
-Two probes are fitted on the training split's posterior means: k-nearest neighbours and a
-multinomial logistic regression (both on standardised codes). The one with the better
-validation accuracy answers; its probabilities are then temperature-scaled on the validation
-split (Guo et al. 2017), which changes confidence but never the ranking. Both accuracies are
-reported. The fitted probe lives in `RUN/probes.npz` (plain arrays, no pickle) and is refitted
-when the latent store changes.
+`answer_identify` is the one implementation: the CLI, the web page and notebooks call it with
+a photo already encoded. Probabilities are calibrated on the validation split (see
+`dogvae.tasks.knowledge`), and every answer carries the validation top-1 / top-5 and log loss of
+the identifier that gave it, so a user can tell a confident model from a guessing one.
+`identify_folder` answers for a folder of photos and writes the Kaggle competition's
+submission CSV.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import csv
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dogvae.atomic import atomic_path
+from dogvae.data.decode import BadImage
+from dogvae.data.scan import IMAGE_EXTENSIONS
 from dogvae.errors import DogvaeError
-from dogvae.latents import STORE_FORMAT, LatentStore, encode_images
+from dogvae.latents import Encoded, LatentStore, encode_images
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png
 from dogvae.tasks.inputs import as_tensor, read_photos
-from dogvae.tasks.novelty import NoveltyScorer
+from dogvae.tasks.knowledge import BreedKnowledge
 
-PROBE_FILE = "probes.npz"
-PROBE_FORMAT = f"dogvae-probe/1 on {STORE_FORMAT}"
-KNN_NEIGHBOURS = 10
-KNN_SMOOTHING = 0.5  # pseudo-votes per breed, so no breed gets probability zero
-LOGISTIC_C = 1.0
-PROBES = ("knn", "logistic")
+log = logging.getLogger(__name__)
+
+FOLDER_BATCH = 256
 
 
-@dataclass
-class BreedProbe:
-    """A fitted probe: standardisation, the classifier's parameters and a temperature."""
-
-    kind: str
-    mean: np.ndarray
-    scale: np.ndarray
-    n_breeds: int
-    temperature: float = 1.0
-    coef: np.ndarray | None = None  # logistic: (B, D)
-    intercept: np.ndarray | None = None  # logistic: (B,)
-    train_codes: np.ndarray | None = None  # knn: (N, D) standardised
-    train_labels: np.ndarray | None = None  # knn: (N,)
-    report: dict = field(default_factory=dict)
-
-    def log_scores(self, mu: np.ndarray) -> np.ndarray:
-        """(N, B) unnormalised log-probabilities before temperature scaling."""
-        z = (np.atleast_2d(mu) - self.mean) / self.scale
-        if self.kind == "logistic":
-            return z @ self.coef.T + self.intercept
-        return np.log(_neighbour_votes(z, self.train_codes, self.train_labels, self.n_breeds))
-
-    def predict_proba(self, mu: np.ndarray) -> np.ndarray:
-        return softmax(self.log_scores(mu) / self.temperature)
+def ranked(breeds: list[str], probs: np.ndarray, top: int) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[: max(1, top)]
+    return [{"breed": breeds[b], "probability": float(probs[b])} for b in order]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
-
-
-def _neighbour_votes(z, train_codes, train_labels, n_breeds, k=KNN_NEIGHBOURS) -> np.ndarray:
-    """Smoothed vote shares of the k nearest training codes."""
-    k = min(k, len(train_codes))
-    squared = (z**2).sum(1)[:, None] - 2 * z @ train_codes.T + (train_codes**2).sum(1)[None]
-    nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
-    votes = np.full((len(z), n_breeds), KNN_SMOOTHING)
-    np.add.at(votes, (np.arange(len(z))[:, None], train_labels[nearest]), 1.0)
-    return votes / votes.sum(1, keepdims=True)
-
-
-def _standardiser(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scale = codes.std(0)
-    return codes.mean(0), np.where(scale > 1e-8, scale, 1.0)
-
-
-def fit_probe(store: LatentStore, kind: str) -> BreedProbe:
-    """One probe on the training split's codes, temperature 1."""
-    from sklearn.linear_model import LogisticRegression
-
-    rows = store.train_rows
-    codes, labels = store.codes[rows].astype(np.float64), store.labels[rows]
-    mean, scale = _standardiser(codes)
-    probe = BreedProbe(kind, mean, scale, len(store.breeds))
-    z = (codes - mean) / scale
-    if kind == "knn":
-        probe.train_codes, probe.train_labels = z, labels
-        return probe
-    if len(np.unique(labels)) < 2:
-        raise DogvaeError("identifying breeds needs training images of at least two breeds")
-    fitted = LogisticRegression(C=LOGISTIC_C, max_iter=2000).fit(z, labels)
-    coef, intercept = fitted.coef_, fitted.intercept_
-    if len(fitted.classes_) == 2:  # sklearn keeps one row for two classes; softmax wants two
-        coef, intercept = (
-            np.vstack([-coef / 2, coef / 2]),
-            np.concatenate([-intercept, intercept]) / 2,
-        )
-    probe.coef = np.zeros((len(store.breeds), z.shape[1]))
-    probe.intercept = np.full(len(store.breeds), -1e9)  # breeds with no training rows
-    probe.coef[fitted.classes_], probe.intercept[fitted.classes_] = coef, intercept
-    return probe
-
-
-def accuracy_at(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    if len(labels) == 0:
-        return float("nan")
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(1).mean())
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """Mean |accuracy - confidence| over confidence bins, weighted by how full each bin is."""
-    confidence, predicted = probs.max(1), probs.argmax(1)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            hits = (predicted[members] == labels[members]).mean()
-            gap += members.mean() * abs(hits - confidence[members].mean())
-    return float(gap)
-
-
-def fit_temperature(log_scores: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation negative log-likelihood."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        logits = log_scores / np.exp(log_t)
-        logits = logits - logits.max(1, keepdims=True)
-        log_norm = np.log(np.exp(logits).sum(1))
-        return float((log_norm - logits[np.arange(len(labels)), labels]).mean())
-
-    if len(labels) == 0:
-        return 1.0
-    return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
-
-
-def choose_probe(store: LatentStore) -> BreedProbe:
-    """Fit both probes, keep the one with the better validation top-1 accuracy (ties go to
-    logistic regression, the smoother one), then calibrate its temperature on validation."""
-    val = store.val_rows
-    labels = store.labels[val]
-    report, probes = {}, {}
-    for kind in PROBES:
-        probe = fit_probe(store, kind)
-        probs = probe.predict_proba(store.codes[val])
-        report[kind] = {
-            "top1": accuracy_at(probs, labels, 1),
-            "top5": accuracy_at(probs, labels, 5),
-        }
-        probes[kind] = probe
-    best = max(PROBES, key=lambda k: (np.nan_to_num(report[k]["top1"]), k == "logistic"))
-    probe = probes[best]
-    scores = probe.log_scores(store.codes[val])
-    report["ece_before"] = expected_calibration_error(softmax(scores), labels) if len(val) else None
-    probe.temperature = fit_temperature(scores, labels)
-    probe.report = {
-        **report,
-        "chosen": best,
-        "temperature": probe.temperature,
-        "ece_after": expected_calibration_error(probe.predict_proba(store.codes[val]), labels)
-        if len(val)
-        else None,
-        "chance_top1": 1.0 / len(store.breeds),
-        "chance_top5": min(5, len(store.breeds)) / len(store.breeds),
-        "n_train": int(len(store.train_rows)),
-        "n_val": int(len(val)),
+def answer_identify(knowledge: BreedKnowledge, encoded: Encoded, top: int = 5) -> dict:
+    """The breed of one encoded photo (`encoded` holds one row): the likeliest breeds with
+    calibrated probabilities, the identifier's validation figures, and the novelty verdict
+    (a photo unlike any training dog gets `breed` None; its nearest breeds are still listed,
+    to be read as unreliable)."""
+    probs = knowledge.breed_probabilities(encoded)[0]
+    novelty = knowledge.scorer.score(encoded)[0]
+    calibration = knowledge.calibration
+    answer = {
+        "breed": None
+        if novelty["unlike_training_dogs"]
+        else knowledge.breeds[int(np.argmax(probs))],
+        "top": ranked(knowledge.breeds, probs, top),
+        "source": calibration.source,
+        "accuracy": calibration.report,
+        "note": knowledge.note,
+        "novelty": novelty,
+        "probe": knowledge.probe.report,
     }
-    return probe
-
-
-# --- kept in the run folder as plain arrays --------------------------------------------------
-
-
-def save_probe(probe: BreedProbe, store: LatentStore, path: Path) -> None:
-    arrays = {
-        "format": np.array(PROBE_FORMAT),
-        "weights_sha256": np.array(store.weights_sha256),
-        "data_key": np.array(store.data_key),
-        "kind": np.array(probe.kind),
-        "mean": probe.mean,
-        "scale": probe.scale,
-        "temperature": np.array(probe.temperature),
-        "report": np.array(json.dumps(probe.report)),
-    }
-    if probe.kind == "logistic":
-        arrays.update(coef=probe.coef, intercept=probe.intercept)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def load_probe(store: LatentStore, path: Path) -> BreedProbe | None:
-    """The saved probe when it was fitted on this very store, else None."""
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        made_from = (str(f.get("format")), str(f["weights_sha256"]), str(f["data_key"]))
-        if made_from != (PROBE_FORMAT, store.weights_sha256, store.data_key):
-            return None
-        probe = BreedProbe(
-            str(f["kind"]), f["mean"], f["scale"], len(store.breeds), float(f["temperature"])
-        )
-        probe.report = json.loads(str(f["report"]))
-        if probe.kind == "logistic":
-            probe.coef, probe.intercept = f["coef"], f["intercept"]
-    if probe.kind == "knn":
-        rows = store.train_rows
-        probe.train_codes = (store.codes[rows] - probe.mean) / probe.scale
-        probe.train_labels = store.labels[rows]
-    return probe
-
-
-def breed_probe(store: LatentStore, run: str | Path | None = None) -> BreedProbe:
-    """The run's probe: loaded from `RUN/probes.npz` when it matches the store, else fitted
-    (and saved there when `run` is given)."""
-    path = Path(run) / PROBE_FILE if run is not None else None
-    probe = load_probe(store, path) if path is not None else None
-    if probe is None:
-        probe = choose_probe(store)
-        if path is not None:
-            save_probe(probe, store, path)
-    return probe
-
-
-# --- the task ----------------------------------------------------------------------------
+    if knowledge.has_classifier:
+        probe_probs = knowledge.probe.predict_proba(encoded.codes)[0]
+        answer["probe_top"] = ranked(knowledge.breeds, probe_probs, top)
+    return answer
 
 
 def identify(
@@ -238,61 +69,116 @@ def identify(
     top: int = 5,
     run: str | Path | None = None,
     out: str | Path | None = None,
+    knowledge: BreedKnowledge | None = None,
 ) -> dict:
-    """The most likely breeds of the dog in `photo`, or the verdict that it is unlike any
-    training dog; with `out`, a picture of the photo, its reconstruction and the top breeds'
-    centroids decoded. A model with its own classifier (ssvae) answers with it (`source`
-    "classifier", its softmax as it is, not recalibrated); the latent probe's answer is then
-    given beside it as `probe_top`."""
-    probe = breed_probe(store, run)
+    """`answer_identify` for a photo file; with `out`, a picture of the photo, its
+    reconstruction and a typical training dog of each top breed."""
+    knowledge = knowledge or BreedKnowledge(model, store, run)
     pixels = read_photos(model, [photo])
-    encoded = encode_images(model, pixels)
-    probe_probs = probe.predict_proba(encoded.codes)[0]
-    probs = classifier_probabilities(model, pixels)[0] if model.has_classifier else probe_probs
-    order = np.argsort(-probs, kind="stable")[: max(1, top)]
-    novelty = NoveltyScorer.fit(store).score(encoded)[0]
-    result = {
-        "image": str(photo),
-        "breed": None if novelty["unlike_training_dogs"] else store.breeds[order[0]],
-        "top": [{"breed": store.breeds[b], "probability": float(probs[b])} for b in order],
-        "source": "classifier" if model.has_classifier else "probe",
-        "novelty": novelty,
-        "probe": probe.report,
-    }
-    if model.has_classifier:
-        probe_order = np.argsort(-probe_probs, kind="stable")[: max(1, top)]
-        result["probe_top"] = [
-            {"breed": store.breeds[b], "probability": float(probe_probs[b])} for b in probe_order
-        ]
+    result = {"image": str(photo), **answer_identify(knowledge, encode_images(model, pixels), top)}
     if out is not None:
-        x = as_tensor(model, pixels)
-        result["picture"] = str(_identify_picture(model, x, store, order, probs, out))
+        result["picture"] = str(_identify_picture(knowledge, pixels, result["top"], out))
     return result
 
 
 @torch.no_grad()
-def classifier_probabilities(model: BaseVAE, pixels: np.ndarray) -> np.ndarray:
-    """(N, n_breeds) softmax of the model's own classifier for uint8 (N, S, S, 3) photos."""
-    return torch.softmax(model.classify(as_tensor(model, pixels)).float(), 1).cpu().numpy()
-
-
-@torch.no_grad()
-def _identify_picture(model, x, store, order, probs, out) -> Path:
-    centroids = torch.from_numpy(store.centroids()[order].astype(np.float32)).to(x.device)
-    tiles = torch.cat([x, model.reconstruct(x), model.decode(centroids)]).cpu()
-    captions = ["photo", "reconstruction"] + [f"{store.breeds[b]} {probs[b]:.0%}" for b in order]
+def _identify_picture(knowledge: BreedKnowledge, pixels, top: list[dict], out) -> Path:
+    model = knowledge.model
+    x = as_tensor(model, pixels)
+    indices = [knowledge.breeds.index(t["breed"]) for t in top]
+    breeds = torch.from_numpy(breed_pictures(knowledge, indices)).permute(0, 3, 1, 2) / 255
+    tiles = torch.cat([x.cpu(), model.reconstruct(x).cpu(), breeds])
+    captions = ["photo", "reconstruction"] + [f"{t['breed']} {t['probability']:.0%}" for t in top]
     scale = max(1, 128 // model.config.image_size)
     return save_png(image_grid(tiles, ncols=len(tiles), captions=captions, scale=scale), out)
 
 
-def evaluate_identify(store: LatentStore, run: str | Path | None = None) -> dict:
-    """Validation accuracy of both probes against chance, calibration, and how many held-out
-    dogs the novelty flag calls unlike the training dogs."""
-    probe = breed_probe(store, run)
-    val = store.val_rows
-    flags = NoveltyScorer.fit(store).score(store.as_encoded(val))
+def breed_pictures(knowledge: BreedKnowledge, breeds: list[int]) -> np.ndarray:
+    """(B, S, S, 3) uint8: each breed's medoid training photo, or that dog's reconstruction
+    when the training photos cannot be read."""
+    from dogvae.pictures import to_uint8
+    from dogvae.tasks.mixing import decode_codes
+
+    rows = knowledge.medoid_rows[np.asarray(breeds, np.int64)]
+    photos = knowledge.photos_of_rows(rows)
+    if photos is not None:
+        return photos
+    codes = knowledge.store.mu[rows]
+    weights = None
+    if knowledge.model.conditional:
+        weights = np.eye(len(knowledge.model.breeds) + 1, dtype=np.float32)[
+            [knowledge.model.breeds.index(knowledge.breeds[b]) for b in breeds]
+        ]
+    return to_uint8(decode_codes(knowledge.model, codes, weights))
+
+
+def photo_files(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DogvaeError(f"{folder}: not a folder of photos")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise DogvaeError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+def identify_folder(knowledge: BreedKnowledge, folder: str | Path, csv_path: str | Path) -> dict:
+    """Calibrated breed probabilities for every photo in `folder`, written to `csv_path` in the
+    Kaggle competition's `sample_submission.csv` layout: `id,<breed>,...` with the breeds in
+    alphabetical order, one row per photo (its file name without extension). A photo that
+    cannot be read gets uniform probabilities (the answer of knowing nothing), is counted and
+    named in the result."""
+    files = photo_files(folder)
+    order = sorted(range(len(knowledge.breeds)), key=lambda b: knowledge.breeds[b])
+    probs = np.full((len(files), len(knowledge.breeds)), 1.0 / len(knowledge.breeds))
+    skipped: dict[str, str] = {}
+    for start in range(0, len(files), FOLDER_BATCH):
+        batch = files[start : start + FOLDER_BATCH]
+        readable, pixels = _readable_photos(knowledge.model, batch, skipped)
+        if readable:
+            encoded = encode_images(knowledge.model, np.stack(pixels))
+            probs[[start + i for i in readable]] = knowledge.breed_probabilities(encoded)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", *(knowledge.breeds[b] for b in order)])
+        for path, row in zip(files, probs, strict=True):
+            writer.writerow([path.stem, *(f"{row[b]:.6g}" for b in order)])
+    if skipped:
+        log.warning("%d photos could not be read and got uniform probabilities", len(skipped))
     return {
-        **probe.report,
+        "csv": str(csv_path),
+        "n_photos": len(files),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "source": knowledge.calibration.source,
+        "accuracy": knowledge.calibration.report,
+    }
+
+
+def _readable_photos(model: BaseVAE, paths: list[Path], skipped: dict) -> tuple[list, list]:
+    readable, pixels = [], []
+    for i, path in enumerate(paths):
+        try:
+            pixels.append(read_photos(model, [path])[0])
+            readable.append(i)
+        except BadImage as exc:
+            skipped[path.name] = exc.reason
+    return readable, pixels
+
+
+def evaluate_identify(knowledge: BreedKnowledge) -> dict:
+    """Validation figures of the identifier that answers and of both probes, against chance,
+    and how many held-out dogs the novelty flag calls unlike the training dogs."""
+    store = knowledge.store
+    val = store.val_rows
+    flags = knowledge.scorer.score(store.as_encoded(val))
+    return {
+        **knowledge.probe.report,
+        "source": knowledge.calibration.source,
+        "answering": knowledge.calibration.report,
         "val_flagged_as_unlike": float(np.mean([f["unlike_training_dogs"] for f in flags]))
         if flags
         else None,

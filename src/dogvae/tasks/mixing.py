@@ -1,26 +1,27 @@
 """Mix two dogs or two breeds: walk the latent space between posterior means and decode.
 
 An end point is a photo (its posterior mean, never a sampled z, so a mix is deterministic) or
-a breed (its centroid, or with `breed_as="medoid"` the breed's training dog closest to it,
-which decodes sharper than the average). `lerp` walks the straight line; `slerp` walks the great
-circle, keeping the code's length in the range the decoder was trained on.
+a breed: by default its medoid, the typical training dog nearest the breed's centroid (a real
+dog decodes sharper than the average of many); with `breed_as="centroid"` the centroid
+itself. `lerp` walks the straight line; `slerp` the great circle, keeping the code's length in
+the range the decoder was trained on.
 
-A conditional model (cvae, ssvae) mixes breeds in its breed embedding instead: every frame keeps
-the same z (a photo end's code, else the prior mean 0) and decodes it with the breed weights
-walked linearly from one end to the other. A photo end is its own breed (cvae: "unknown", ssvae:
-the classifier's likeliest), so photo -> breed restyles that dog.
+A conditional model (cvae, ssvae) also walks the breed weights, linearly, from one end's breed
+to the other's. A photo end is its own breed (cvae: "unknown", ssvae: the classifier's
+likeliest). With `breed_as="centroid"` a breed end is its embedding alone and takes the other
+end's z (the prior mean 0 between two breeds), so photo -> breed restyles that dog.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dogvae.errors import DogvaeError
-from dogvae.latents import LatentStore, encode_images
+from dogvae.latents import Encoded, LatentStore, encode_images
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png
 from dogvae.tasks.inputs import as_tensor, find_breed, is_photo_argument, read_photos
@@ -86,20 +87,52 @@ def breed_ends(model: BaseVAE, names: list[str]) -> list[str]:
     return breeds
 
 
-def resolve_end(
-    model: BaseVAE, store: LatentStore | None, text: str, breed_as: str = "centroid"
-) -> EndPoint:
-    """A photo path or a breed name -> its latent code."""
+def needs_store(model: BaseVAE, names: list[str], breed_as: str) -> bool:
+    """Whether mixing these ends needs the latent store: a breed end as a typical dog
+    (medoid) or a plain VAE's centroid does; a conditional model's breed embedding does not."""
+    return bool(breed_ends(model, names)) and (not model.conditional or breed_as == "medoid")
+
+
+def photo_end(model: BaseVAE, pixels: np.ndarray, encoded: Encoded, label: str) -> EndPoint:
+    """A photo (S, S, 3) encoded by `encode_images`: its posterior mean and, for a conditional
+    model, the breed it was encoded with (ssvae: its classifier's likeliest; cvae: unknown)."""
+    weights = None
     if model.conditional:
-        return conditional_end(model, text)
-    breeds = store.breeds if store is not None else model.breeds
+        scores = encoded.class_log_probs[0]
+        weights = breed_weights(model, int(np.argmax(scores)) if len(scores) else None)
+    return EndPoint(encoded.mu[0], label, pixels, weights)
+
+
+def breed_end(knowledge, model: BaseVAE, name: str, breed_as: str = "medoid") -> EndPoint:
+    """A breed as a mix's end. `medoid` (the default): the breed's typical training dog, its
+    code and, for a conditional model, that breed's weights. `centroid`: a plain VAE's breed
+    centroid; a conditional model's breed embedding alone, drawn with the other end's code
+    (so photo -> breed restyles the dog). `knowledge` may be None for the latter."""
+    if breed_as not in BREED_POINTS:
+        raise DogvaeError(f"a breed mixes as {' or '.join(BREED_POINTS)}, not {breed_as!r}")
+    if model.conditional and breed_as == "centroid":
+        index = find_breed(name, model.breeds)
+        return EndPoint(None, model.breeds[index], breed=breed_weights(model, index))
+    if knowledge is None:
+        raise DogvaeError(f"mixing the breed {name!r} as its {breed_as} needs the latent store")
+    index = find_breed(name, knowledge.breeds)
+    label = knowledge.breeds[index]
+    if breed_as == "centroid":
+        return EndPoint(knowledge.centroids[index], label)
+    row = knowledge.medoid_rows[index]
+    if row < 0:
+        raise DogvaeError(f"breed {label!r} has no training images in the store")
+    weights = breed_weights(model, model.breeds.index(label)) if model.conditional else None
+    return EndPoint(knowledge.store.mu[row], label, breed=weights)
+
+
+def resolve_end(model: BaseVAE, knowledge, text: str, breed_as: str = "medoid") -> EndPoint:
+    """A photo path or a breed name -> a mix's end."""
+    breeds = knowledge.breeds if knowledge is not None else model.breeds
     if is_photo_argument(text, breeds):
         pixels = read_photos(model, [text])
-        return EndPoint(encode_images(model, pixels).mu[0], Path(text).stem, pixels[0])
-    breed = find_breed(text, breeds)
-    if store is None:
-        raise DogvaeError(f"mixing the breed {text!r} needs the run's latent store")
-    return EndPoint(breed_point(store, breed, breed_as), store.breeds[breed])
+        return photo_end(model, pixels[0], encode_images(model, pixels), Path(text).stem)
+    return breed_end(knowledge, model, text, breed_as)
 
 
 def breed_weights(model: BaseVAE, breed: int | None) -> np.ndarray:
@@ -109,43 +142,20 @@ def breed_weights(model: BaseVAE, breed: int | None) -> np.ndarray:
     return weights
 
 
-@torch.no_grad()
-def photo_breed_weights(model: BaseVAE, pixels: np.ndarray) -> np.ndarray:
-    """The breed weights a conditional model encodes a photo with, as `encode_images` does:
-    its classifier's breed (ssvae), else "unknown" (cvae, no network call)."""
-    breed = model.resolve_breed(as_tensor(model, pixels[None]), None)
-    return breed_weights(model, None if breed is None else int(breed[0]))
-
-
-@torch.no_grad()
-def conditional_end(model: BaseVAE, text: str) -> EndPoint:
-    """A photo -> its code and its own breed; a breed -> its weights (a code comes later)."""
-    if not is_photo_argument(text, model.breeds):
-        return EndPoint(None, text, breed=breed_weights(model, find_breed(text, model.breeds)))
-    pixels = read_photos(model, [text])
-    weights = photo_breed_weights(model, pixels[0])
-    x, condition = as_tensor(model, pixels), torch.from_numpy(weights[None])
-    code = model.encode(x, condition.to(x.device))[0][0].float().cpu().numpy()
-    return EndPoint(code, Path(text).stem, pixels[0], weights)
-
-
 def shared_codes(codes: list[np.ndarray | None], latent_dim: int) -> list[np.ndarray]:
-    """A conditional mix's codes: a breed end (None) takes the first photo end's code, the dog
-    being restyled, else z = 0 (the prior's mean)."""
+    """A conditional mix's codes: a breed end without a code of its own takes the first photo
+    end's code, the dog being restyled, else z = 0 (the prior's mean)."""
     photo = next((c for c in codes if c is not None), np.zeros(latent_dim, np.float32))
     return [photo if c is None else c for c in codes]
 
 
-def breed_point(store: LatentStore, breed: int, breed_as: str = "centroid") -> np.ndarray:
-    """A breed's centroid, or the code of its training dog nearest to it (`medoid`)."""
-    if breed_as not in BREED_POINTS:
-        raise DogvaeError(f"a breed mixes as {' or '.join(BREED_POINTS)}, not {breed_as!r}")
-    centroid = store.centroids()[breed]
-    if breed_as == "centroid":
-        return centroid
-    rows = store.train_rows[store.labels[store.train_rows] == breed]
-    nearest = rows[np.argmin(np.linalg.norm(store.codes[rows] - centroid, axis=1))]
-    return store.mu[nearest]
+def mix_frames(model: BaseVAE, a: EndPoint, b: EndPoint, ts, method: str = "lerp") -> torch.Tensor:
+    """(T, 3, S, S) the mixes at each t (0 = a, 1 = b): codes walked by `method`, a
+    conditional model's breed weights always by lerp (they are shares, not directions)."""
+    ts = np.asarray(ts, np.float64)
+    code_a, code_b = shared_codes([a.code, b.code], model.config.latent_dim)
+    breeds = None if a.breed is None else interpolate(a.breed, b.breed, ts, "lerp")
+    return decode_codes(model, interpolate(code_a, code_b, ts, method), breeds)
 
 
 @torch.no_grad()
@@ -183,30 +193,34 @@ def mix(
     method: str = "lerp",
     t: float | None = None,
     grid: tuple[str, str] | None = None,
-    breed_as: str = "centroid",
+    breed_as: str = "medoid",
+    knowledge=None,
 ) -> dict:
     """Write the strip from a to b (the photos themselves at its ends), the single mix at `t`,
     or, with `grid` = (c, d), a steps x steps square mixing a, b (top) and c, d (bottom)."""
+    from dogvae.tasks.knowledge import BreedKnowledge
+
     check_mix_options(steps, method, t, grid)
+    if knowledge is None and store is not None:
+        knowledge = BreedKnowledge(model, store)
     names = [a, b, *(grid or ())]
-    ends = [resolve_end(model, store, text, breed_as) for text in names]
-    if model.conditional:
-        codes = shared_codes([e.code for e in ends], model.config.latent_dim)
-        for end, code in zip(ends, codes, strict=True):
-            end.code = code
+    ends = [resolve_end(model, knowledge, text, breed_as) for text in names]
     scale = max(1, 96 // model.config.image_size)
     if grid is not None:
+        if model.conditional:
+            codes = shared_codes([e.code for e in ends], model.config.latent_dim)
+            ends = [replace(e, code=c) for e, c in zip(ends, codes, strict=True)]
         codes, breeds = _walk(ends, method, lambda v, m: mix_grid(np.stack(v), steps, m))
-        picture = image_grid(decode_codes(model, codes, breeds), ncols=steps, scale=scale)
-    else:
-        ts = [t] if t is not None else np.linspace(0, 1, steps)
-        codes, breeds = _walk(ends, method, lambda v, m: interpolate(v[0], v[1], ts, m))
         decoded = decode_codes(model, codes, breeds)
-        if t is not None:
-            picture = image_grid(decoded, ncols=1, scale=2 * scale)
-        else:
-            picture = _strip_picture(model, ends, decoded, scale)
-    breed_kind = "breed embedding" if model.conditional else f"breed {breed_as}"
+        picture = image_grid(decoded, ncols=steps, scale=scale)
+    elif t is not None:
+        decoded = mix_frames(model, ends[0], ends[1], [t], method)
+        picture = image_grid(decoded, ncols=1, scale=2 * scale)
+    else:
+        decoded = mix_frames(model, ends[0], ends[1], np.linspace(0, 1, steps), method)
+        picture = strip_picture(model, ends[0], ends[1], decoded)
+    embedding = model.conditional and breed_as == "centroid"
+    breed_kind = "breed embedding" if embedding else f"breed {breed_as}"
     return {
         "ends": [e.label for e in ends],
         "kinds": ["photo" if e.pixels is not None else breed_kind for e in ends],
@@ -214,7 +228,7 @@ def mix(
         "mode": "grid" if grid is not None else ("single" if t is not None else "strip"),
         "t": t,
         "steps": steps,
-        "n_images": len(codes),
+        "n_images": len(decoded),
         "picture": str(save_png(picture, out)),
     }
 
@@ -228,15 +242,17 @@ def _walk(ends: list[EndPoint], method: str, between) -> tuple[np.ndarray, np.nd
     return codes, between([e.breed for e in ends], "lerp")
 
 
-def _strip_picture(model, ends: list[EndPoint], decoded: torch.Tensor, scale: int):
-    """Decoded steps between the two ends, each photo end shown as itself beside them."""
+def strip_picture(model: BaseVAE, a: EndPoint, b: EndPoint, decoded: torch.Tensor):
+    """The captioned strip: decoded steps between the two ends, each photo end shown as
+    itself beside them."""
     tiles = [decoded]
-    captions = [ends[0].label] + [""] * (len(decoded) - 2) + [ends[1].label]
-    if ends[0].pixels is not None:
-        tiles.insert(0, as_tensor(model, ends[0].pixels[None]).cpu())
+    captions = [a.label] + [""] * (len(decoded) - 2) + [b.label]
+    if a.pixels is not None:
+        tiles.insert(0, as_tensor(model, a.pixels[None]).cpu())
         captions.insert(0, "photo")
-    if ends[1].pixels is not None:
-        tiles.append(as_tensor(model, ends[1].pixels[None]).cpu())
+    if b.pixels is not None:
+        tiles.append(as_tensor(model, b.pixels[None]).cpu())
         captions.append("photo")
     images = torch.cat(tiles)
+    scale = max(1, 96 // model.config.image_size)
     return image_grid(images, ncols=len(images), captions=captions, scale=scale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dogvae.metrics import psnr_per_image
@@ -13,12 +14,21 @@ from dogvae.tasks.inputs import as_tensor, read_photos
 
 
 @torch.no_grad()
+def reconstruct_pixels(model: BaseVAE, pixels: np.ndarray) -> tuple[torch.Tensor, list[float]]:
+    """uint8 (N, S, S, 3) photos -> their reconstructions (N, 3, S, S) on the CPU, each the
+    posterior mean decoded with the breed the model resolves for it, and each PSNR in dB."""
+    x = as_tensor(model, pixels)
+    recon = model.reconstruct(x)
+    return recon.cpu(), psnr_per_image(recon, x).cpu().tolist()
+
+
+@torch.no_grad()
 def reconstruct_photos(model: BaseVAE, photos: list[str | Path], out: str | Path) -> dict:
     """Write originals (left) beside reconstructions (right), one pair per row, captioned with
     PSNR in dB; return the PSNR of each photo and their mean."""
-    x = as_tensor(model, read_photos(model, photos))
-    recon = model.reconstruct(x)
-    psnr = psnr_per_image(recon, x).cpu().tolist()
+    pixels = read_photos(model, photos)
+    recon, psnr = reconstruct_pixels(model, pixels)
+    x = as_tensor(model, pixels)
     tiles = torch.stack([x.cpu(), recon.cpu()], 1).flatten(0, 1)  # original, recon, original...
     captions = []
     for value in psnr:

@@ -58,12 +58,29 @@ def format_identify(result: dict) -> str:
         lines.append("  the latent probe says: " + ", ".join(
             f"{t['breed']} {t['probability']:.0%}" for t in result["probe_top"][:3]
         ))  # fmt: skip
-    probe = result["probe"]
-    lines.append(
-        f"  probe: {probe['chosen']} (validation top-1 k-NN {_share(probe['knn']['top1'])}, "
-        f"logistic {_share(probe['logistic']['top1'])}; chance {probe['chance_top1']:.1%})"
-    )
+    lines.append("  " + _accuracy_line(result["source"], result["accuracy"]))
+    if result.get("note"):
+        lines.append(f"  note: {result['note']}")
     return "\n".join(lines + _picture(result))
+
+
+def _accuracy_line(source: str, accuracy: dict) -> str:
+    name = "the model's classifier" if source == "classifier" else "the latent probe"
+    loss = accuracy.get("log_loss")
+    return (
+        f"{name} on {accuracy['n_val']} validation dogs: top-1 {_share(accuracy['top1'])}, "
+        f"top-5 {_share(accuracy['top5'])}, log loss {'n/a' if loss is None else f'{loss:.2f}'} "
+        f"(chance {accuracy['chance_top1']:.1%} / {accuracy['chance_top5']:.1%})"
+    )
+
+
+def format_identify_folder(result: dict) -> str:
+    lines = [f"wrote {result['csv']}: {result['n_photos']} photos, a probability per breed"]
+    if result["n_skipped"]:
+        names = ", ".join(list(result["skipped"])[:5])
+        lines.append(f"  {result['n_skipped']} unreadable, given uniform probabilities: {names}")
+    lines.append("  " + _accuracy_line(result["source"], result["accuracy"]))
+    return "\n".join(lines)
 
 
 def format_identify_evaluation(report: dict) -> str:
@@ -81,6 +98,7 @@ def format_identify_evaluation(report: dict) -> str:
         f"(expected calibration error {_share(report['ece_before'])} -> "
         f"{_share(report['ece_after'])})"
     )
+    lines.append("answers come from " + _accuracy_line(report["source"], report["answering"]))
     lines.append(f"validation dogs flagged as unlike: {_share(report['val_flagged_as_unlike'])}")
     return "\n".join(lines)
 
@@ -90,7 +108,8 @@ def format_ancestry(result: dict) -> str:
     verdict = (
         " (unlike any training dog: shares are a guess)" if novelty["unlike_training_dogs"] else ""
     )
-    lines = [f"{result['image']}{verdict}"]
+    space = "the classifier's breed probabilities" if result["space"] == "classifier" else "codes"
+    lines = [f"{result['image']}{verdict} (a mixture of breeds in {space})"]
     lines += [f"  {p['share']:6.1%}  {p['breed']}" for p in result["parents"]]
     lines.append("  ranked: " + ", ".join(result["ranking"]))
     lines.append("  " + _novelty_line(novelty))

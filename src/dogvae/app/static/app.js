@@ -153,8 +153,9 @@ function showBreeds(result) {
     ? "out of distribution: the breeds below are a guess"
     : "looks like the dogs it was trained on";
   badge.title = `novelty ${result.novelty.score?.toFixed(2)} (flagged above ${result.novelty.threshold?.toFixed(2)}, the 99th percentile of validation dogs)`;
-  const bars = result.top.map(({ breed, probability }) => {
+  const bars = result.top.map(({ breed, probability, image: photo }) => {
     const row = document.createElement("li");
+    const thumb = image(photo, `${breedName(breed)}: a typical training dog`, "thumb");
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = breedName(breed);
@@ -168,22 +169,24 @@ function showBreeds(result) {
     const pct = document.createElement("span");
     pct.className = "pct";
     pct.textContent = percent(probability);
-    row.append(name, track, pct);
+    row.append(thumb, name, track, pct);
     return row;
   });
   $("#breed-bars").replaceChildren(...bars);
-  const probe = result.probe;
-  if (probe && probe.chosen) {
-    const accuracy = probe[probe.chosen]?.top1;
-    $("#probe-line").textContent = `${probe.chosen} probe on the latent code: ${percent(accuracy ?? 0)} right on validation dogs (chance ${percent(probe.chance_top1)})`;
-  }
+  $("#probe-line").textContent = identifierLine(result.source, result.accuracy) + (result.note ? ` Note: ${result.note}.` : "");
+}
+
+function identifierLine(source, accuracy) {
+  const who = source === "classifier" ? "The model's breed classifier" : "A probe on the latent code";
+  const loss = typeof accuracy.log_loss === "number" ? `, log loss ${accuracy.log_loss.toFixed(2)}` : "";
+  return `${who}: ${percent(accuracy.top1 ?? 0)} top-1, ${percent(accuracy.top5 ?? 0)} top-5 on ${accuracy.n_val} validation dogs${loss} (chance ${percent(accuracy.chance_top1)}).`;
 }
 
 function showAncestry(result) {
   const tiles = result.parents.map((parent) => {
     const figure = document.createElement("figure");
     figure.className = "parent";
-    figure.append(image(parent.image, `${breedName(parent.breed)}: the breed's average dog`, "tile"));
+    figure.append(image(parent.image, `${breedName(parent.breed)}: a typical training dog`, "tile"));
     const caption = document.createElement("figcaption");
     caption.innerHTML = `<span class="share"></span><span class="name"></span>`;
     caption.firstChild.textContent = percent(parent.share);
@@ -413,6 +416,7 @@ function renderCard(card) {
     fact("validation ELBO", val.elbo !== undefined ? `${fixed(val.elbo, 1)} nats/image (${fixed(val.bits_per_dim, 3)} bits/dim)` : null),
     fact("reconstruction", val.psnr !== undefined ? `${fixed(val.psnr, 2)} dB PSNR; mean image ${fixed(baselines.mean_image_psnr, 2)} dB, PCA-${baselines.pca_components} ${fixed(baselines.pca_psnr, 2)} dB` : null),
     fact("active latent units", val.active_units !== undefined ? `${val.active_units} of ${card.latent_dim}` : null),
+    fact("breed answers", card.identifier ? identifierLine(card.identifier.source, card.identifier) : null),
     fact("breed probe", probe ? `${probe.chosen}: ${percent(probe[probe.chosen]?.top1 ?? 0)} top-1, ${percent(probe[probe.chosen]?.top5 ?? 0)} top-5 (chance ${percent(probe.chance_top1)})` : null),
     fact("latent store", card.store.available ? `${card.store.n_images} dogs encoded (${card.store.n_val} held out)` : "off"),
     fact("breeds", card.breeds.map(breedName).join(", ")),

@@ -1,0 +1,105 @@
+"""One question, one answer: the library, the CLI (--json) and the web API give the same
+breeds, probabilities and shares for the same photo, for every kind of model."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import numpy as np
+import pytest
+from conftest import train_tiny_run
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'dogvae[web]')")
+
+from dogvae import checkpoint  # noqa: E402
+from dogvae.app import create_app  # noqa: E402
+from dogvae.app.service import ServedRun  # noqa: E402
+from dogvae.cli import main  # noqa: E402
+from dogvae.latents import open_store  # noqa: E402
+from dogvae.tasks import ancestry, identify, reconstruct_photos  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module", params=["vae", "cvae", "ssvae"])
+def run(request, tmp_path_factory):
+    return train_tiny_run(
+        tmp_path_factory.getbasetemp() / f"one-answer-{request.param}",
+        breeds=3, per_breed=30, mutts=3, seed=5, epochs=3, warmup_steps=2, model=request.param,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def doors(run):
+    """The library (model and store), a web client, and the photo all three are asked about."""
+    run_dir, data = run
+    model = checkpoint.load(run_dir)
+    store = open_store(model, run_dir, progress=False)
+    with TestClient(create_app(ServedRun(run_dir))) as client:
+        yield model, store, client, sorted((data / "mutts").glob("*.jpg"))[0]
+
+
+def cli_json(capsys, *args) -> dict:
+    assert main([*map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def upload(path):
+    return {"image": (path.name, path.read_bytes(), "image/jpeg")}
+
+
+def breeds_and_probabilities(answer: dict) -> list[tuple[str, float]]:
+    return [(t["breed"], t["probability"]) for t in answer["top"]]
+
+
+def assert_same(pairs_a, pairs_b):
+    assert [a for a, _ in pairs_a] == [b for b, _ in pairs_b]
+    assert [p for _, p in pairs_a] == pytest.approx([p for _, p in pairs_b], abs=1e-6)
+
+
+def test_identify_is_one_answer_through_library_cli_and_web(doors, run, capsys):
+    model, store, client, photo = doors
+    library = identify(model, store, photo, run=run[0])
+    command = cli_json(capsys, "identify", run[0], photo)
+    page = client.post("/api/identify", files=upload(photo)).json()
+    assert library["source"] == ("classifier" if model.has_classifier else "probe")
+    for other in (command, page):
+        assert_same(breeds_and_probabilities(other), breeds_and_probabilities(library))
+        assert other["breed"] == library["breed"] and other["source"] == library["source"]
+        assert other["accuracy"]["top1"] == pytest.approx(library["accuracy"]["top1"])
+        assert other["novelty"]["score"] == pytest.approx(library["novelty"]["score"], rel=1e-6)
+
+
+def test_ancestry_is_one_answer_through_library_cli_and_web(doors, run, capsys):
+    model, store, client, photo = doors
+    library = ancestry(model, store, photo)
+    command = cli_json(capsys, "ancestry", run[0], photo)
+    page = client.post("/api/ancestry", files=upload(photo)).json()
+    assert library["space"] == ("classifier" if model.has_classifier else "codes")
+    shares = [(p["breed"], p["share"]) for p in library["parents"]]
+    for other in (command, page):
+        assert_same([(p["breed"], p["share"]) for p in other["parents"]], shares)
+        assert other["ranking"] == library["ranking"] and other["space"] == library["space"]
+
+
+def test_reconstruct_is_one_answer_through_library_and_web(doors, tmp_path):
+    model, _, client, photo = doors
+    library = reconstruct_photos(model, [photo], tmp_path / "r.png")
+    page = client.post("/api/reconstruct", files=upload(photo)).json()
+    assert page["psnr"] == pytest.approx(library["mean_psnr"], abs=1e-6)
+
+
+def test_a_breed_mix_is_one_picture_through_cli_and_web(doors, run, tmp_path, capsys):
+    _, store, client, _ = doors
+    a, b = store.breeds[0], store.breeds[1]
+    out = tmp_path / "strip.png"
+    cli_json(capsys, "mix", run[0], a, b, "--steps", "4", "--out", out)
+    strip = client.get(f"/api/mix/strip.png?a={a}&b={b}&steps=4")
+    assert strip.status_code == 200
+    web = np.asarray(Image.open(io.BytesIO(strip.content)))
+    assert np.array_equal(np.asarray(Image.open(out)), web)
