@@ -100,6 +100,8 @@ def test_two_processes_end_identical_and_train_like_one_with_the_same_global_bat
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert summary["world_size"] == 2
+    runtime = read_config(tmp_path / "two")["runtime"]
+    assert (runtime["backend"], runtime["world_size"], runtime["device"]) == ("gloo", 2, "cpu")
     # both ranks end with bit-identical weights, and those are the ones saved
     rank0, rank1 = summary["weights_sha256_per_rank"]
     assert rank0 == rank1 == last_weights_fingerprint(tmp_path / "two")

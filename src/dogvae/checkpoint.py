@@ -159,8 +159,21 @@ def model_from_info(info: dict) -> BaseVAE:
     return build_model(config)
 
 
+def pick_device(device: str | torch.device = "cpu") -> torch.device:
+    """`device` as a torch.device; "auto" is the GPU when there is one, else the CPU. Asking
+    for CUDA where there is none is an error that says so (not PyTorch's assertion)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {str(device)!r} was asked for but no CUDA GPU is visible")
+    return device
+
+
 def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
-    """A trained model, in eval mode, with `.breeds` (index -> name) and `.info` (config.json).
+    """A trained model, in eval mode, with `.breeds` (index -> name) and `.info` (config.json),
+    on `device` ("cpu", "cuda", "cuda:1", or "auto": the GPU when there is one). A run
+    trained on a GPU loads on a CPU and the other way round: the weights are saved from the CPU.
 
     Refuses a run whose weights are missing, do not match the hash in config.json, or do not
     fit the model config, and says which.
@@ -179,7 +192,7 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
     _load_into(model, weights)
     model.breeds = list(info.get("breeds", []))
     model.info = info
-    return model.to(device).eval()
+    return model.to(pick_device(device)).eval()
 
 
 def load_last(run: Path, model: BaseVAE) -> dict:

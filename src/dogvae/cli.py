@@ -86,7 +86,7 @@ def _train_config(args):
     values = {**file_cfg.get("train", {}), "preset": file_cfg.get("preset", "small64")}
     for name in (
         "preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop",
-        "label_fraction", "classifier_epochs", "compile",
+        "label_fraction", "classifier_epochs", "compile", "deterministic",
     ):  # fmt: skip
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -384,7 +384,7 @@ def cmd_serve(args) -> int:
         raise DogvaeError(
             f"the web page needs the web extra ({exc.name} is missing): pip install 'dogvae[web]'"
         ) from exc
-    serve(args.run, host=args.host, port=args.port, data=args.data)
+    serve(args.run, host=args.host, port=args.port, data=args.data, device=args.device)
     return 0
 
 
@@ -396,6 +396,10 @@ def add_serve_parser(sub) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="cpu",
+        help="where the model runs (default cpu; auto: a GPU when there is one)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 
@@ -452,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         help="torch.compile the model's forward pass (default: the preset's choice)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        help="on CUDA, deterministic kernels: a resumed run ends bit for bit like an "
+        "uninterrupted one (slower; CPU runs already are)",
     )
     p.add_argument("--crop", choices=["center", "squash"])
     p.add_argument("--seed", type=int)

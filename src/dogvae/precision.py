@@ -17,8 +17,20 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True on GPUs with bf16 arithmetic (compute capability 8.0 on: A100, H100, RTX 30xx).
+
+    `torch.cuda.is_bf16_supported()` also says True on older GPUs (V100, T4) that only
+    emulate it, where bf16 autocast would be slower than float32."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def bf16_is_fast(device: torch.device) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    if device.type == "cuda":
+        return cuda_has_native_bf16(device)
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def inference_autocast(device: torch.device):

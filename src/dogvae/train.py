@@ -43,7 +43,7 @@ from dogvae.errors import CheckpointError, DogvaeError
 from dogvae.metrics import active_units, mse_per_image, psnr_per_image, reconstruction_baselines
 from dogvae.model import PRESETS, BaseVAE, VAEConfig, build_model, preset_config
 from dogvae.pictures import image_grid, pairs_grid, save_png
-from dogvae.precision import cpu_has_native_bf16
+from dogvae.precision import cpu_has_native_bf16, cuda_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,16 @@ class TrainConfig:
     epochs, batch size and learning rate, and its `train_overrides` of `TRAIN_DEFAULTS`.
 
     `batch_size` is the global batch: under torchrun with N processes each takes 1/N of it.
-    `device_cache` ("auto", "on", "off") holds the decoded uint8 images on the training device
-    and makes batches there; "auto" does so on a GPU when they take under a quarter of its
-    free memory. `compile` runs the model through `torch.compile`. `label_fraction` keeps the
-    labels of only that share of each breed's training images (the rest train as unlabelled
-    images; for `ssvae`). The ssvae's classifier has a learning-rate schedule of its own, a
-    one-cycle over its first `classifier_epochs` epochs (0: the whole run; `group_schedules`),
-    and then stays fixed while the generative half goes on learning.
+    `deterministic` makes a CUDA run repeat itself bit for bit (cuDNN's deterministic
+    kernels, no autotuning, `torch.use_deterministic_algorithms`), so that `--resume` ends
+    exactly where an uninterrupted run does, at some cost in speed; CPU runs already repeat
+    themselves. `device_cache` ("auto", "on", "off") holds the decoded uint8 images on the
+    training device and makes batches there; "auto" does so on a GPU when they take under a
+    quarter of its free memory. `compile` runs the model through `torch.compile`.
+    `label_fraction` keeps the labels of only that share of each breed's training images (the
+    rest train as unlabelled images; for `ssvae`). The ssvae's classifier has a learning-rate
+    schedule of its own, a one-cycle over its first `classifier_epochs` epochs (0: the whole
+    run; `group_schedules`), and then stays fixed while the generative half goes on learning.
     """
 
     data: str
@@ -88,6 +91,7 @@ class TrainConfig:
     channels_last: str = "auto"
     compile: bool | None = None
     device_cache: str = "auto"
+    deterministic: bool = False
     crop: str = "center"
     cache_dir: str | None = None
     strict: bool = False
@@ -150,6 +154,17 @@ class Runtime:
         return self.rank == 0
 
 
+def _cuda_device(local_rank: int) -> torch.device:
+    """This process's GPU: under torchrun, the one numbered by its local rank."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise DogvaeError(
+            f"process with LOCAL_RANK {local_rank} has no GPU of its own: {count} visible; "
+            "start torchrun with --nproc_per_node at most the number of GPUs"
+        )
+    return torch.device("cuda", local_rank)
+
+
 def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
     """Pick the device, join the process group under torchrun, choose precision and layout."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -159,9 +174,10 @@ def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DogvaeError("--device cuda was asked for but no CUDA GPU is visible")
     if want_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+        device = _cuda_device(local_rank)
+        torch.cuda.set_device(device)  # before NCCL starts: each process on its own GPU
+        # fixed shapes: let cuDNN pick its fastest kernels, unless the run must repeat itself
+        torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
@@ -175,9 +191,7 @@ def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
             dist.init_process_group("gloo")
     if cfg.precision == "bf16" or (
         cfg.precision == "auto"
-        and (
-            want_cuda and torch.cuda.is_bf16_supported() or not want_cuda and cpu_has_native_bf16()
-        )
+        and (want_cuda and cuda_has_native_bf16(device) or not want_cuda and cpu_has_native_bf16())
     ):
         dtype = torch.bfloat16
     elif cfg.precision in ("auto", "fp32"):
@@ -188,6 +202,46 @@ def setup_runtime(cfg: TrainConfig, image_size: int) -> Runtime:
         cfg.channels_last == "auto" and auto_channels_last(image_size, want_cuda)
     )
     return Runtime(device, rank, world_size, local_rank, dtype, channels_last, owns_process_group)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """With `enabled`, run the body with PyTorch's deterministic kernels (cuDNN's too) and
+    restore the previous settings after it; otherwise change nothing.
+
+    An operation with no deterministic version warns rather than fails (`warn_only`). cuBLAS
+    needs CUBLAS_WORKSPACE_CONFIG before its first call in the process; it is set here when
+    nobody set it, which is in time unless this process used the GPU before."""
+    if not enabled:
+        yield
+        return
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
+def runtime_facts(rt: Runtime) -> dict:
+    """Where and how a run trains, for its config.json: device, GPU name, processes, the
+    process group's backend (None for one process), precision and layout."""
+    return {
+        "device": str(rt.device),
+        "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else None,
+        "world_size": rt.world_size,
+        "backend": dist.get_backend() if rt.world_size > 1 else None,
+        "precision": "bf16" if rt.autocast_dtype == torch.bfloat16 else "fp32",
+        "channels_last": rt.channels_last,
+    }
 
 
 def keep_freed_memory() -> bool:
@@ -249,11 +303,19 @@ def _autocast(rt: Runtime):
     )
 
 
+def _host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor onto `device`. From the host to a GPU it goes through page-locked memory
+    without waiting: a plain copy from pageable memory would make the host wait until the
+    GPU has finished all the work queued before it, every step."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    if rt.device.type == "cuda" and x.device.type == "cpu":
-        x = x.pin_memory()  # page-locked, so the copy runs while the GPU is still busy
+    """A batch of images onto the training device, in the run's memory layout."""
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
-    return x.to(rt.device, non_blocking=True).contiguous(memory_format=fmt)
+    return _host_to_device(x, rt.device).contiguous(memory_format=fmt)
 
 
 def _shared_by_main(rt: Runtime, read: Callable[[], object]):
@@ -341,8 +403,14 @@ class DeviceBatches:
         device = self.pixels.device
         # the flips `set_epoch` drew for this epoch (CachedImages keeps them per position)
         flips = torch.from_numpy(self.loader.dataset._flips).to(device)
-        for positions in self.loader.batch_sampler:
-            at = torch.as_tensor(positions, device=device)
+        # the epoch's order crosses to the device in one copy, not one per batch
+        batches = [np.asarray(positions, np.int64) for positions in self.loader.batch_sampler]
+        if not batches:
+            return
+        order = torch.from_numpy(np.concatenate(batches)).to(device)
+        ends = np.cumsum([len(b) for b in batches]).tolist()
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            at = order[start:end]
             x = self.pixels[at].permute(0, 3, 1, 2)  # (B, 3, S, S), channels_last in memory
             x = torch.where(flips[at].view(-1, 1, 1, 1), x.flip(3), x)
             yield x.float().div_(255.0), self.labels[at]
@@ -460,21 +528,28 @@ def evaluate(model: BaseVAE, batches, noise: torch.Tensor, rt: Runtime) -> dict[
     sums = torch.zeros(8, dtype=torch.float64, device=rt.device)
     mus, n = [], 0
     for x, y in batches:
-        x, y = _to_device(x, rt), y.to(rt.device)
+        x, y = _to_device(x, rt), _host_to_device(y, rt.device)
         b = len(x)
         given = model.validation_breed(y)
         out = model.objective(
-            x, *forward(x, noise[n : n + b].to(rt.device), given), beta=1.0, breed=given
+            x,
+            *forward(x, _host_to_device(noise[n : n + b], rt.device), given),
+            beta=1.0,
+            breed=given,
         )
         scores = model.classify(x, views=2) if model.has_classifier else None
         breed = model.resolve_breed(x, given, scores)
         mu = model.encode(x, breed)[0]
         recon = model.decode(mu, breed)
-        hits = [0, 0] if scores is None else [top_k_hits(scores, y, k) for k in (1, 5)]
+        hits = (
+            torch.zeros(2, device=rt.device)
+            if scores is None
+            else torch.stack([top_k_hits(scores, y, k) for k in (1, 5)])
+        )
         sums += torch.stack([
             out.elbo * b, out.reconstruction * b, out.kl * b,
             mse_per_image(recon, x).sum(), psnr_per_image(recon, x).sum(),
-            *torch.as_tensor(hits, device=rt.device), (y >= 0).sum(),
+            *hits, (y >= 0).sum(),
         ]).double()  # fmt: skip
         mus.append(mu.float().cpu())
         n += b
@@ -610,12 +685,13 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> d
     """
     cfg = cfg.resolved()
     model_cfg = cfg.model_config()
-    rt = setup_runtime(cfg, model_cfg.image_size)
-    try:
-        return _train(cfg, model_cfg, rt, on_epoch)
-    finally:
-        if rt.owns_process_group:
-            dist.destroy_process_group()
+    with deterministic_algorithms(cfg.deterministic):
+        rt = setup_runtime(cfg, model_cfg.image_size)
+        try:
+            return _train(cfg, model_cfg, rt, on_epoch)
+        finally:
+            if rt.owns_process_group:
+                dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dict:
@@ -692,6 +768,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         model_type=model_cfg.model, preset=cfg.preset, model_config=model_cfg, train_config=cfg.to_dict(),
         breeds=images.breeds, data=images.summary(),
     )  # fmt: skip
+    info["runtime"] = runtime_facts(rt)
 
     start_epoch, skip_batches, best_elbo, history = 0, 0, math.inf, {}
     if state is not None:
@@ -703,6 +780,8 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         best_elbo = float(state["best_elbo"])
         history = json.loads(state.get("history", "{}"))
         torch.set_rng_state(state["rng"])
+        if rt.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], rt.device)  # the ssvae's dropout
         if rt.main:
             print(f"resuming {run} at epoch {start_epoch + 1}, batch {skip_batches}")
 
@@ -735,6 +814,8 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
+        if rt.device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(rt.device)
         checkpoint.save_last(run, model, info, state)
 
     model.train()
@@ -752,18 +833,21 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kl (x images), images
             t0 = time.perf_counter()
             for i, (x, y) in enumerate(bar, start=skip_batches):
-                x, y = _to_device(x, rt), y.to(rt.device)
+                x, y = _to_device(x, rt), _host_to_device(y, rt.device)
                 beta = kl_weight(
                     model_cfg.beta, model_cfg.kl_warmup_epochs, epoch + i / steps_per_epoch
                 )
-                eps = noise_rows(cfg.batch_size, model_cfg.latent_dim, rt).to(rt.device)
+                eps = _host_to_device(
+                    noise_rows(cfg.batch_size, model_cfg.latent_dim, rt), rt.device
+                )
                 with _autocast(rt):
                     out = model.objective(x, *forward(x, eps, y), beta=beta, breed=y)
                 # one all-reduce: the step's loss over the global batch, and whether any
                 # process was asked to stop, so that all of them stop after the same step
+                counts = torch.tensor([len(x), stop.requested], dtype=torch.float64)
                 step_sums = torch.cat([
                     torch.stack([out.total, out.reconstruction, out.kl]).detach().double() * len(x),
-                    torch.tensor([len(x), stop.requested], dtype=torch.float64, device=rt.device),
+                    _host_to_device(counts, rt.device),
                 ])  # fmt: skip
                 if rt.world_size > 1:
                     dist.all_reduce(step_sums)

@@ -51,9 +51,14 @@ def create_app(
     data: str | Path | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     progress: bool = False,
+    device: str = "cpu",
 ) -> FastAPI:
-    """The web app for a trained run; the model and latent store load here, once."""
-    served = run if isinstance(run, ServedRun) else ServedRun(run, data, progress=progress)
+    """The web app for a trained run; the model (on `device`) and latent store load here, once."""
+    served = (
+        run
+        if isinstance(run, ServedRun)
+        else ServedRun(run, data, progress=progress, device=device)
+    )
     app = FastAPI(
         title="dogvae",
         version=dogvae.__version__,
@@ -182,12 +187,16 @@ def _uvicorn_server(app: FastAPI):
 
 
 def serve(
-    run: str | Path, host: str = "127.0.0.1", port: int = 8000, data: str | Path | None = None
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    data: str | Path | None = None,
+    device: str = "cpu",
 ) -> None:
     """Load the run, print the page's address, serve until Ctrl-C."""
     sock = bind_socket(host, port)
     print(f"dogvae: loading {run}...", flush=True)
-    app = create_app(run, data=data, progress=True)
+    app = create_app(run, data=data, progress=True, device=device)
     served = app.state.served
     if served.store_problem:
         print(f"dogvae: {served.store_problem}", flush=True)

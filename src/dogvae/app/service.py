@@ -141,7 +141,8 @@ def finite(value):
 
 
 class ServedRun:
-    """A trained run ready to answer the page's questions; build it once per process."""
+    """A trained run ready to answer the page's questions; build it once per process. The
+    model runs on `device` (see `dogvae.checkpoint.load`); everything else stays in numpy."""
 
     def __init__(
         self,
@@ -150,9 +151,10 @@ class ServedRun:
         *,
         progress: bool = False,
         photo_cache_size: int = PHOTO_CACHE_SIZE,
+        device: str | torch.device = "cpu",
     ):
         self.run = Path(run)
-        self.model = checkpoint.load(self.run)
+        self.model = checkpoint.load(self.run, device)
         self.image_size = self.model.config.image_size
         self.crop = run_crop(self.model)
         self._model_lock = threading.Lock()
