@@ -469,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="synthesise dogs, train small64 on CPU, write pictures")
+    p = sub.add_parser(
+        "demo", help="synthesise dogs, train the small64 ssvae on CPU, write pictures"
+    )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--epochs", type=int, default=40)
     p.set_defaults(func=cmd_demo)

@@ -1,7 +1,11 @@
-"""A run loaded once for the web page: the model, its latent store, the breed probe, the novelty
-scorer, a gallery of validation dogs, and the photos people upload, each encoded once.
+"""A run loaded once for the web page: the model, what its run knows about breeds
+(`dogvae.tasks.knowledge.BreedKnowledge`, all of it computed at start-up), a typical photo of
+each breed, a gallery of validation dogs, and the photos people upload, each encoded once.
 
-Nothing here knows about HTTP; `dogvae.app.server` is the thin shell that maps requests to these
+Every answer is `dogvae.tasks`' own (`answer_identify`, `answer_ancestry`,
+`reconstruct_pixels`, `tasks.mixing`, `draw_dogs`), called with the photo encoded at upload:
+this module adds pictures as data URLs and computes nothing of its own. Nothing here knows
+about HTTP; `dogvae.app.server` is the thin shell that maps requests to these
 methods and their errors to JSON. Every model call holds one lock and runs under
 `torch.inference_mode()` (thread-local, so it is entered in the worker thread itself): requests
 arrive on a thread pool, and PyTorch already spreads one call over the cores, so serialising
@@ -168,7 +172,8 @@ class ServedRun:
         self.knowledge: BreedKnowledge | None = None
         if self.store is not None:
             self.knowledge = BreedKnowledge(self.model, self.store, self.run)
-            self.knowledge.calibration, self.knowledge.scorer, self.knowledge.probe  # noqa: B018
+            k = self.knowledge
+            k.calibration, k.scorer, k.probe, k.ancestry_centroids, k.ancestry_whitener  # noqa: B018
             with self._inference():
                 self.breed_photos = breed_pictures(self.knowledge, list(range(len(self.breeds))))
             self.gallery = self._pick_gallery()
@@ -241,10 +246,6 @@ class ServedRun:
     @property
     def latent_dim(self) -> int:
         return self.model.config.latent_dim
-
-    @property
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     # --- photos ---------------------------------------------------------------------------
 

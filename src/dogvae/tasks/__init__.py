@@ -2,7 +2,10 @@
 
 Each task is a library function taking a loaded model (`dogvae.checkpoint.load`) and, where it
 needs the training dogs, the run's latent store (`dogvae.latents.open_store`); each returns a
-JSON-ready dict and, given `out`, writes a picture.
+JSON-ready dict and, given `out`, writes a picture. Breed answers read one
+`dogvae.tasks.knowledge.BreedKnowledge` (pass `knowledge=` to reuse it across questions), and
+the web page calls the same functions (`answer_identify`, `answer_ancestry`), so one photo
+gets one answer through every door.
 
 - `reconstruct_photos`: originals beside reconstructions, with PSNR;
 - `mix`: the strip, single mix or four-corner grid between photos and breeds;
