@@ -122,19 +122,19 @@ def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(
 ):
     train(tiny_config(tiny_data, tmp_path / "straight"))
 
-    real_save_last = checkpoint.save_last
+    real_save = checkpoint.save_checkpoint
     calls = []
 
     def save_then_die(*args, **kwargs):
-        real_save_last(*args, **kwargs)
+        real_save(*args, **kwargs)
         calls.append(1)
         if len(calls) == 1:
             raise SystemExit("killed right after the first epoch's checkpoint")
 
-    monkeypatch.setattr(checkpoint, "save_last", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
     with pytest.raises(SystemExit):
         train(tiny_config(tiny_data, tmp_path / "killed"))
-    monkeypatch.setattr(checkpoint, "save_last", real_save_last)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     train(tiny_config(tiny_data, tmp_path / "killed", resume=True))
 
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
@@ -160,7 +160,7 @@ def test_ctrl_c_mid_epoch_saves_last_and_resume_matches_uninterrupted(
 
     monkeypatch.setattr(train_module, "kl_weight", interrupt_on_fourth_step)
     result = train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2))
-    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4}
+    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4, "signal": "SIGINT"}
     monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
     train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2, resume=True))
 

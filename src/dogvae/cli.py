@@ -104,11 +104,13 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from dogvae.train import train
+    from dogvae.train import EXIT_STATUS, train
 
     summary = train(_train_config(args))
     if args.json and summary:  # under torchrun only rank 0 returns a summary
         _print_json(summary)
+    if summary.get("stopped"):  # saved and resumable, but stopped by Ctrl-C (130) or SIGTERM
+        return EXIT_STATUS[summary["signal"]]
     return 0
 
 
