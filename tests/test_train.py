@@ -324,3 +324,63 @@ def test_compile_flag_runs_the_compiled_model_to_the_same_weights(tiny_data, tmp
     b = load_file(str(tmp_path / "plain" / "last.safetensors"))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("dogvae: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read it (No such file or directory)"),
+        ("id,breed\n", "not valid JSON"),
+        ("[1, 2]", "must hold a JSON object, not list"),
+        ('{"trian": {}}', "unknown section 'trian'; it may hold preset, model, train"),
+        ('{"train": [16]}', "'train' must be a JSON object"),
+        ('{"train": {"batch": 16}}', "unknown train settings batch"),
+        ('{"train": {"lr": "fast"}}', "--lr must be a positive number, not 'fast'"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, capsys, content, expected):
+    config = tmp_path / "settings.json"
+    if content is not None:
+        config.write_text(content)
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main(args + ["--config", str(config)]) == 2
+    err = one_error_line(capsys)
+    assert expected in err and ("settings.json" in err or "--lr" in err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--batch-size", "0"], "--batch-size must be a whole number >= 1, not 0"),
+        (["--lr", "-1"], "--lr must be a positive number, not -1.0"),
+        (["--lr", "nan"], "--lr must be a positive number, not nan"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--label-fraction", "0"], "--label-fraction must be in (0, 1], not 0.0"),
+    ],
+)
+def test_a_setting_no_run_can_train_with_is_one_line_naming_its_flag(
+    tmp_path, capsys, flags, expected
+):
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags]
+    assert main(args) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tiny_data, tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "run"):
+        assert main(["train", "--data", str(tiny_data), "--out", str(out)]) == 2
+        assert f"--out {out}: cannot make the run folder there" in one_error_line(capsys)
+
+
+def test_a_port_outside_0_to_65535_is_refused_before_anything_loads(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "no-run"), "--port", "99999"]) == 2
+    assert "--port 99999: a port is 0 (any free one) to 65535" in one_error_line(capsys)

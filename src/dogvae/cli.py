@@ -71,9 +71,9 @@ def _saved_run_config(run: Path, file_cfg: dict) -> dict:
 
 
 def _train_config(args):
-    from dogvae.train import TrainConfig
+    from dogvae.train import TrainConfig, read_settings_file
 
-    file_cfg = json.loads(Path(args.config).read_text()) if args.config else {}
+    file_cfg = read_settings_file(args.config) if args.config else {}
     if args.resume:
         file_cfg = _saved_run_config(args.out, file_cfg)
     elif args.data is None:
@@ -122,9 +122,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from dogvae.train import SETTINGS_SECTIONS, read_settings_file
     from dogvae.tune import tune
 
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    base = read_settings_file(args.config, SETTINGS_SECTIONS) if args.config else {}
     if args.presets:
         base.setdefault("search", {})["preset"] = args.presets.split(",")
     result = tune(

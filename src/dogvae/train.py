@@ -51,6 +51,9 @@ class TrainingError(DogvaeError):
 # The exit status of a run stopped by a signal, as a shell reports a process it killed (128 + N).
 EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 
+# Settings with a command-line flag, as errors name them; the others are --config fields.
+FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
+
 # What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
 TRAIN_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False}
 
@@ -117,7 +120,25 @@ class TrainConfig:
         for name, default in TRAIN_DEFAULTS.items():
             if values[name] is None:
                 values[name] = preset.train_overrides.get(name, default)
-        return TrainConfig(**values)
+        resolved = TrainConfig(**values)
+        resolved.check_numbers()
+        return resolved
+
+    def check_numbers(self) -> None:
+        """Refuse a setting no run can train with, naming its flag (or its config field)."""
+        rules = (
+            ("batch_size", lambda v: isinstance(v, int) and v >= 1, "be a whole number >= 1"),
+            ("lr", lambda v: math.isfinite(v) and v > 0, "be a positive number"),
+            ("weight_decay", lambda v: v >= 0, "not be negative"),
+            ("warmup_steps", lambda v: isinstance(v, int) and v >= 0, "be a whole number >= 0"),
+            ("grad_clip", lambda v: v >= 0, "not be negative (0: no clipping)"),
+            ("ema_decay", lambda v: 0.0 <= v < 1.0, "be in [0, 1) (0: no average)"),
+            ("val_fraction", lambda v: 0.0 <= v < 1.0, "be in [0, 1)"),
+        )
+        for name, test, rule in rules:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not test(value):
+                raise DogvaeError(f"{FLAGS.get(name, name)} must {rule}, not {value!r}")
 
     def model_config(self) -> VAEConfig:
         try:
@@ -129,6 +150,39 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+SETTINGS_SECTIONS = ("preset", "model", "train", "search")
+
+
+def read_settings_file(path: str | Path, sections=SETTINGS_SECTIONS[:3]) -> dict:
+    """A `--config` file: a JSON object of `sections` ("preset", "model" and "train"; tune
+    also reads "search"). Anything else is refused in one line that names the file."""
+    path = Path(path)
+    try:
+        settings = json.loads(path.read_text())
+    except OSError as exc:
+        raise DogvaeError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DogvaeError(f"--config {path}: not valid JSON ({exc})") from exc
+    if not isinstance(settings, dict):
+        raise DogvaeError(
+            f"--config {path}: must hold a JSON object, not {type(settings).__name__}"
+        )
+    unknown = sorted(set(settings) - set(sections))
+    if unknown:
+        raise DogvaeError(
+            f"--config {path}: unknown section {', '.join(map(repr, unknown))}; "
+            f"it may hold {', '.join(sections)}"
+        )
+    for section in set(sections) - {"preset"}:
+        if not isinstance(settings.get(section, {}), dict):
+            raise DogvaeError(f"--config {path}: {section!r} must be a JSON object")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings.get("train", {})) - fields)
+    if unknown:
+        raise DogvaeError(f"--config {path}: unknown train settings {', '.join(unknown)}")
+    return settings
 
 
 # --- devices, precision, processes --------------------------------------------------------
