@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import signal
 import subprocess
@@ -291,6 +292,28 @@ def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
     first, second = read_metrics(tmp_path / "run")
     assert second["val"]["elbo"] < first["val"]["elbo"]
     assert summary["val"]["psnr"] > 10.0  # real photos decode to real pixels, not noise
+
+
+def test_a_plain_folder_of_unlabelled_photos_trains_and_loads(tiny_data, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for photo in sorted((tiny_data / "train").glob("*.jpg")):
+        (plain / photo.name).write_bytes(photo.read_bytes())
+    summary = train(tiny_config(plain, tmp_path / "run", epochs=1))
+    assert summary["best_epoch"] == 1 and math.isfinite(summary["val"]["elbo"])
+    model = dogvae.load(tmp_path / "run")
+    assert model.breeds == [] and model.info["data"]["layout"] == "plain"
+    assert model.info["data"]["n_images"] == 90
+
+
+def test_too_few_images_for_validation_is_one_line(tiny_data, tmp_path, capsys):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    photo = next((tiny_data / "train").glob("*.jpg"))
+    (lone / photo.name).write_bytes(photo.read_bytes())
+    assert main(["train", "--data", str(lone), "--out", str(tmp_path / "run")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the decoding progress bar
+    assert last.startswith("dogvae: error: ") and "no image is left for validation (1 im" in last
 
 
 def test_batches_made_from_the_device_cache_train_exactly_like_the_loader(tiny_data, tmp_path):

@@ -741,6 +741,11 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
             f"{rt.world_size} processes"
         )
+    if len(val_idx) == 0:
+        raise DogvaeError(
+            f"{images.root}: no image is left for validation ({len(images)} images, "
+            f"validation share {cfg.val_fraction}); add images or raise val_fraction"
+        )
     if len(train_idx) < cfg.batch_size:
         raise DogvaeError(
             f"{len(train_idx)} training images is fewer than one batch of "
