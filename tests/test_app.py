@@ -26,7 +26,7 @@ import httpx  # noqa: E402
 from conftest import APP_BREEDS as BREEDS  # noqa: E402
 
 from dogvae import checkpoint  # noqa: E402
-from dogvae.app import background_server, create_app  # noqa: E402
+from dogvae.app import background_server, create_app, service  # noqa: E402
 from dogvae.app.service import ServedRun  # noqa: E402
 from dogvae.cli import main  # noqa: E402
 from dogvae.latents import open_store  # noqa: E402
@@ -256,6 +256,41 @@ def test_uploads_over_the_byte_limit_are_refused_while_reading(served, dogs):
             "/api/identify", content=iter([b"x" * 700_000] * 3), headers=MULTIPART
         )
         assert_problem(chunked, 413, "too_large")
+
+
+def wide_png(width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (width, 1), (120, 80, 40, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_concurrent_uploads_decode_within_the_pixel_budget(served, monkeypatch):
+    # 1 x 39,000,000 pixels decode to 156 MB and peak at ~750 MB: twenty at once took a
+    # server past 9 GB (bench/serve_memory.py). Here: 1 x 300,000, a budget of two of them.
+    monkeypatch.setattr(served, "decode_budget", service.PixelBudget(700_000))
+    real_load_photo, decoding, most = service.load_photo, [], [0]
+    lock = threading.Lock()
+
+    def counted(*args, **kwargs):
+        with lock:
+            decoding.append(1)
+            most[0] = max(most[0], len(decoding), served.decode_budget.in_use // 300_000)
+        try:
+            time.sleep(0.05)  # long enough for the others to pile up
+            return real_load_photo(*args, **kwargs)
+        finally:
+            with lock:
+                decoding.pop()
+
+    monkeypatch.setattr(service, "load_photo", counted)
+    photos = [wide_png(300_000 + i) for i in range(8)]  # distinct bytes, distinct refs
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda png: served.add_photo(png, "wide.png"), photos))
+    assert most[0] == 2 and served.decode_budget.in_use == 0
+    assert len({photo.ref for photo in found}) == 8
+    alone = served.add_photo(wide_png(900_000), "wider.png")  # over the whole budget: alone
+    assert alone.pixels.shape == (served.image_size, served.image_size, 3)
+    assert np.array_equal(found[0].pixels, alone.pixels)  # the same colour, the same crop
 
 
 def test_requests_that_make_no_sense_get_a_4xx_with_a_reason(client, served):
