@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 import dogvae
 import dogvae.train as train_module
 from dogvae import checkpoint
+from dogvae.atomic import CRASH_ENV
 from dogvae.cli import main
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
@@ -97,7 +98,7 @@ def test_a_kill_at_every_write_step_resumes_to_the_uninterrupted_weights(
     killed = {
         step: subprocess.Popen(
             [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(config(small_data, run))],
-            env={**env, checkpoint.CRASH_ENV: f"{step}@2"},
+            env={**env, CRASH_ENV: f"{step}@2"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

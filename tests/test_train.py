@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import dogvae
 import dogvae.train as train_module
 from dogvae import checkpoint
-from dogvae.atomic import atomic_path
+from dogvae.atomic import atomic_path, remove_stale_temporaries, temporary_path, write_json
 from dogvae.cli import main
 from dogvae.errors import CheckpointError
 from dogvae.synth import synthesize
@@ -205,6 +205,22 @@ def test_interrupted_atomic_write_leaves_the_old_file(tmp_path, monkeypatch):
         tmp.write_bytes(b"half-written new wei")
     assert target.read_bytes() == b"old good weights"
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_the_next_write_of_a_file_sweeps_what_a_dead_writer_left(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    target = tmp_path / "metrics.json"
+    left = temporary_path(target).with_name(
+        temporary_path(target).name.rsplit("-", 1)[0] + f"-{dead.stdout.strip()}"
+    )
+    left.write_text('{"half": ')
+    live = temporary_path(tmp_path / "other.json")  # this process's: alive, so kept
+    live.write_text("{}")
+    write_json(target, {"done": True})
+    assert json.loads(target.read_text()) == {"done": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "metrics.json"]
+    assert remove_stale_temporaries(tmp_path) == []
 
 
 def test_load_refuses_missing_tampered_and_misshapen_checkpoints(tiny_data, tmp_path):

@@ -17,7 +17,7 @@ any moment leaves the previous generation or the new one, never best weights fro
 beside a config.json or training state from another. Readers resolve `current` once
 (`checkpoint_folder`); a run written before generations (or copied as its top-level files)
 is read from the top level. `DOGVAE_CRASH_AT=STEP[@N]` kills the process (SIGKILL) at the
-Nth pass through the named write step (`WRITE_STEPS`): the crash-point tests use it.
+Nth pass through the named write step (`WRITE_STEPS`, `atomic.crash_point`) for the tests.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import dogvae
-from dogvae.atomic import fsync_dir, fsync_file, remove_stale_temporaries
+from dogvae.atomic import (
+    crash_point,
+    fsync_dir,
+    fsync_file,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from dogvae.errors import CheckpointError
 from dogvae.model import BaseVAE, VAEConfig, build_model
 
@@ -48,10 +53,8 @@ STATE = "state.pt"
 RUN_FILES = (BEST_WEIGHTS, CONFIG, LAST_WEIGHTS, STATE)
 GENERATIONS = "checkpoints"
 CURRENT = "current"
-CRASH_ENV = "DOGVAE_CRASH_AT"
 # Every point a save can be cut at, in the order it passes them (`crash_point`).
 WRITE_STEPS = ("last_weights", "state", "best_weights", "config", "generation", "current", "links")
-_crash_counts: dict[str, int] = {}
 
 
 def sha256_file(path: Path) -> str:
@@ -73,20 +76,6 @@ def library_versions() -> dict[str, str]:
 
 def _state_tensors(model: BaseVAE) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def crash_point(step: str) -> None:
-    """Test hook: SIGKILL this process at `step` when $DOGVAE_CRASH_AT names it (`STEP`, or
-    `STEP@N` for its Nth pass), as a power cut or the kernel's OOM killer would."""
-    wanted = os.environ.get(CRASH_ENV)
-    if not wanted:
-        return
-    name, _, nth = wanted.partition("@")
-    if name != step:
-        return
-    _crash_counts[step] = _crash_counts.get(step, 0) + 1
-    if _crash_counts[step] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_folder(run: str | Path) -> Path:
@@ -170,8 +159,6 @@ def tidy(run: str | Path) -> None:
     for folder in (run, run / "images"):
         if folder.is_dir():
             remove_stale_temporaries(folder)
-    for link in run.glob(".*.tmplink"):
-        link.unlink()
 
 
 def _generation_number(folder: Path) -> int:
@@ -193,7 +180,7 @@ def _carry_over(previous: Path, pending: Path) -> None:
 
 
 def _replace_symlink(path: Path, target: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmplink")
+    temporary = temporary_path(path, "link")
     temporary.unlink(missing_ok=True)
     os.symlink(target, temporary)
     os.replace(temporary, path)

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dogvae import checkpoint
-from dogvae.atomic import atomic_path, write_json
+from dogvae.atomic import atomic_path, crash_point, write_json
 from dogvae.data.cache import ImageSet, load_images
 from dogvae.data.loader import CachedImages, make_loader, set_epoch
 from dogvae.data.split import hold_back_labels, stratified_split
@@ -941,7 +941,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                 history["best"] = record
             if rt.main:
                 log.epoch(record)
-                checkpoint.crash_point("metrics")
+                crash_point("metrics")
                 log.pictures(eval_model, fixed, epoch + 1, rt)
             best = (eval_model, {**info, "epoch": epoch + 1, "metrics": record["val"]})
             save(epoch + 1, 0, torch.zeros(4, dtype=torch.float64), 0.0, best if is_best else None)
