@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,22 @@ def test_a_run_stopped_by_a_signal_exits_128_plus_its_number(
     assert "resume with: dogvae train --out" in capsys.readouterr().out
     monkeypatch.undo()
     assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 0
+
+
+def test_a_run_moved_or_copied_keeps_loading_and_resuming(small_data, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**config(small_data, run, epochs=1)))
+    moved = tmp_path / "moved"
+    run.rename(moved)  # the links are relative: they move with the folder
+    expected = dogvae.load(moved).state_dict()
+    links_kept = tmp_path / "links-kept"
+    shutil.copytree(moved, links_kept, symlinks=True)
+    followed = tmp_path / "followed"  # scp -r, cp -rL: every link becomes a copy
+    shutil.copytree(moved, followed)
+    assert not (followed / checkpoint.CURRENT).is_symlink()
+    for copy in (links_kept, followed):
+        got = dogvae.load(copy).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in expected.items()), copy
+    train(TrainConfig(**config(small_data, followed, resume=True)))
+    assert (followed / checkpoint.CURRENT).is_symlink()
+    assert logged_epochs(followed) == [1, 2] and leftovers(followed) == []

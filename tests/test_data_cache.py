@@ -234,6 +234,25 @@ def test_a_build_killed_before_its_rename_leaves_nothing_once_the_next_load_runs
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
 
 
+def test_linked_photos_and_breed_folders_load_and_a_link_to_nowhere_is_a_skip(dogs, tmp_path):
+    linked = tmp_path / "linked"
+    (linked / "beagle").mkdir(parents=True)
+    for photo in sorted((dogs / "train").glob("beagle*.jpg")):
+        (linked / "beagle" / photo.name).symlink_to(photo)
+    (linked / "beagle" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    pugs = tmp_path / "pugs-elsewhere"
+    pugs.mkdir()
+    for photo in sorted((dogs / "train").glob("pug*.jpg")):
+        (pugs / photo.name).write_bytes(photo.read_bytes())
+    (linked / "pug").symlink_to(pugs, target_is_directory=True)
+    images = load(linked)
+    assert images.layout == "folders" and images.breeds == ["beagle", "pug"]
+    assert images.labels.tolist() == [0, 0, 0, 1, 1]
+    assert np.array_equal(images.images, load(dogs).images)  # the same photos, the same pixels
+    [skip] = images.skipped
+    assert skip.path.endswith("gone.jpg") and skip.reason == "unreadable"
+
+
 def test_bad_files_are_skipped_counted_on_one_line_and_listed(tmp_path, capsys):
     root = make_broken_kaggle(tmp_path / "dogs")
     images = load(root)

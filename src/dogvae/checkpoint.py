@@ -146,6 +146,8 @@ def tidy(run: str | Path) -> None:
     """Remove what interrupted saves left: generations other than the current one (older,
     or written but never made current) and dead processes' temporaries."""
     run = Path(run)
+    if (run / CURRENT).is_dir() and not (run / CURRENT).is_symlink():
+        shutil.rmtree(run / CURRENT)  # a copy that followed the links: the top level holds it
     current = checkpoint_folder(run)
     generations = run / GENERATIONS
     if generations.is_dir():
