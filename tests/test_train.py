@@ -377,7 +377,7 @@ def one_error_line(capsys) -> str:
         (None, "cannot read it (No such file or directory)"),
         ("id,breed\n", "not valid JSON"),
         ("[1, 2]", "must hold a JSON object, not list"),
-        ('{"trian": {}}', "unknown section 'trian'; it may hold preset, model, train"),
+        ('{"trian": {}}', "unknown section 'trian'; it may hold preset, model, train, tune"),
         ('{"train": [16]}', "'train' must be a JSON object"),
         ('{"train": {"batch": 16}}', "unknown train settings batch"),
         ('{"train": {"lr": "fast"}}', "--lr must be a positive number, not 'fast'"),

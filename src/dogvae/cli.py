@@ -122,10 +122,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from dogvae.train import SETTINGS_SECTIONS, read_settings_file
+    from dogvae.train import TUNE_SECTIONS, read_settings_file
     from dogvae.tune import tune
 
-    base = read_settings_file(args.config, SETTINGS_SECTIONS) if args.config else {}
+    base = read_settings_file(args.config, TUNE_SECTIONS) if args.config else {}
     if args.presets:
         base.setdefault("search", {})["preset"] = args.presets.split(",")
     result = tune(

@@ -152,12 +152,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SETTINGS_SECTIONS = ("preset", "model", "train", "search")
+# A --config file's sections: "tune" is the trial a tune/best.json came from (read by
+# nobody); only `dogvae tune` reads "search".
+SETTINGS_SECTIONS = ("preset", "model", "train", "tune")
+TUNE_SECTIONS = (*SETTINGS_SECTIONS, "search")
 
 
-def read_settings_file(path: str | Path, sections=SETTINGS_SECTIONS[:3]) -> dict:
-    """A `--config` file: a JSON object of `sections` ("preset", "model" and "train"; tune
-    also reads "search"). Anything else is refused in one line that names the file."""
+def read_settings_file(path: str | Path, sections=SETTINGS_SECTIONS) -> dict:
+    """A `--config` file: a JSON object of `sections`. Anything else is refused in one line
+    that names the file."""
     path = Path(path)
     try:
         settings = json.loads(path.read_text())
