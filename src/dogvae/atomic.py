@@ -99,7 +99,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def json_text(obj) -> str:
+    """How dogvae writes JSON files: indented, keys sorted, one final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | Path, obj) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json_text(obj))
     return Path(path)

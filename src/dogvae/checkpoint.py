@@ -39,6 +39,7 @@ from dogvae.atomic import (
     crash_point,
     fsync_dir,
     fsync_file,
+    json_text,
     remove_stale_temporaries,
     temporary_path,
 )
@@ -104,9 +105,9 @@ def save_checkpoint(
     them by hash. What is not given is carried over from the previous generation. Returns the
     new generation's folder."""
     run = Path(run)
+    tidy(run)
     previous = checkpoint_folder(run)
     generations = run / GENERATIONS
-    tidy(run)
     folder = generations / f"{_generation_number(previous) + 1:06d}"
     pending = generations / f".{folder.name}.tmp"
     pending.mkdir(parents=True)
@@ -121,9 +122,8 @@ def save_checkpoint(
         model, info = best
         digest = _write_weights(model, pending / BEST_WEIGHTS, info)
         crash_point("best_weights")
-        config = json.dumps({**info, "weights": {"file": BEST_WEIGHTS, "sha256": digest}},
-                            indent=2, sort_keys=True)  # fmt: skip
-        (pending / CONFIG).write_text(config + "\n")
+        config = {**info, "weights": {"file": BEST_WEIGHTS, "sha256": digest}}
+        (pending / CONFIG).write_text(json_text(config))
         fsync_file(pending / CONFIG)
         crash_point("config")
     _carry_over(previous, pending)
