@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from test_data_corpus import (
 )
 
 import dogvae.data.cache as cache
+from dogvae.atomic import CRASH_ENV
 from dogvae.data.cache import ImageSet, load_images
 from dogvae.errors import BadImage, DataError
 
@@ -207,6 +212,45 @@ def test_damaged_cache_is_rebuilt_with_a_note(dogs, decode_calls, capsys, damage
     assert "rebuilding the image cache" in capsys.readouterr().err
     assert np.array_equal(pixels, np.asarray(second.images))
     assert len(load(dogs)) == 5 and len(decode_calls) == 10  # and the rebuilt one is reused
+
+
+KILLED_BUILD = """
+import sys
+from dogvae.data.cache import load_images
+load_images(sys.argv[1], 8, progress=False, workers=1)
+"""
+
+
+def test_a_build_killed_before_its_rename_leaves_nothing_once_the_next_load_runs(dogs):
+    env = {**os.environ, CRASH_ENV: "cache_pixels"}  # SIGKILL with the pixels written
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(dogs)], env=env)
+    pid = killed.pid
+    assert killed.wait(120) == -signal.SIGKILL
+    folder = Path(os.environ["DOGVAE_CACHE"])
+    left = [p.name for p in folder.iterdir()]
+    assert len(left) == 1 and left[0].endswith(".tmp-" + socket.gethostname() + f"-{pid}"), left
+    images = load(dogs)  # builds again, and sweeps the dead build's temporary
+    assert images.images.shape == (5, 8, 8, 3)
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def test_linked_photos_and_breed_folders_load_and_a_link_to_nowhere_is_a_skip(dogs, tmp_path):
+    linked = tmp_path / "linked"
+    (linked / "beagle").mkdir(parents=True)
+    for photo in sorted((dogs / "train").glob("beagle*.jpg")):
+        (linked / "beagle" / photo.name).symlink_to(photo)
+    (linked / "beagle" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    pugs = tmp_path / "pugs-elsewhere"
+    pugs.mkdir()
+    for photo in sorted((dogs / "train").glob("pug*.jpg")):
+        (pugs / photo.name).write_bytes(photo.read_bytes())
+    (linked / "pug").symlink_to(pugs, target_is_directory=True)
+    images = load(linked)
+    assert images.layout == "folders" and images.breeds == ["beagle", "pug"]
+    assert images.labels.tolist() == [0, 0, 0, 1, 1]
+    assert np.array_equal(images.images, load(dogs).images)  # the same photos, the same pixels
+    [skip] = images.skipped
+    assert skip.path.endswith("gone.jpg") and skip.reason == "unreadable"
 
 
 def test_bad_files_are_skipped_counted_on_one_line_and_listed(tmp_path, capsys):

@@ -57,6 +57,15 @@ def test_split_of_a_breed_does_not_depend_on_the_other_breeds_or_their_order():
     assert np.array_equal(beagle_ranks_a, beagle_ranks_b)
 
 
+def test_a_folder_without_labels_is_split_as_one_group():
+    labels = np.full(40, -1, dtype=np.int64)
+    train, val = stratified_split(labels, 0.1, seed=0)
+    assert val.size == 4 and train.size == 36
+    assert np.array_equal(np.union1d(train, val), np.arange(40))
+    assert not np.array_equal(val, stratified_split(labels, 0.1, seed=1)[1])
+    assert stratified_split(np.full(1, -1), 0.1)[1].size == 0  # a lone image trains
+
+
 def test_zero_fraction_keeps_everything_in_training():
     train, val = stratified_split(labels_of({0: 5, 1: 5}), 0.0)
     assert val.size == 0 and train.size == 10

@@ -47,7 +47,7 @@ def save_untrained_run(run, data, seed: int):
         breeds=["amber", "black", "cream"], data={},
     )  # fmt: skip
     run.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_best(run, model.eval(), info)
+    checkpoint.save_checkpoint(run, best=(model.eval(), info))
     return checkpoint.load(run)
 
 

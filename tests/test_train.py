@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 import dogvae
 import dogvae.train as train_module
 from dogvae import checkpoint
-from dogvae.atomic import atomic_path
+from dogvae.atomic import atomic_path, remove_stale_temporaries, temporary_path, write_json
 from dogvae.cli import main
 from dogvae.errors import CheckpointError
 from dogvae.synth import synthesize
@@ -122,19 +123,19 @@ def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(
 ):
     train(tiny_config(tiny_data, tmp_path / "straight"))
 
-    real_save_last = checkpoint.save_last
+    real_save = checkpoint.save_checkpoint
     calls = []
 
     def save_then_die(*args, **kwargs):
-        real_save_last(*args, **kwargs)
+        real_save(*args, **kwargs)
         calls.append(1)
         if len(calls) == 1:
             raise SystemExit("killed right after the first epoch's checkpoint")
 
-    monkeypatch.setattr(checkpoint, "save_last", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
     with pytest.raises(SystemExit):
         train(tiny_config(tiny_data, tmp_path / "killed"))
-    monkeypatch.setattr(checkpoint, "save_last", real_save_last)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     train(tiny_config(tiny_data, tmp_path / "killed", resume=True))
 
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
@@ -160,7 +161,7 @@ def test_ctrl_c_mid_epoch_saves_last_and_resume_matches_uninterrupted(
 
     monkeypatch.setattr(train_module, "kl_weight", interrupt_on_fourth_step)
     result = train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2))
-    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4}
+    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4, "signal": "SIGINT"}
     monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
     train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2, resume=True))
 
@@ -204,6 +205,22 @@ def test_interrupted_atomic_write_leaves_the_old_file(tmp_path, monkeypatch):
         tmp.write_bytes(b"half-written new wei")
     assert target.read_bytes() == b"old good weights"
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_the_next_write_of_a_file_sweeps_what_a_dead_writer_left(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    target = tmp_path / "metrics.json"
+    left = temporary_path(target).with_name(
+        temporary_path(target).name.rsplit("-", 1)[0] + f"-{dead.stdout.strip()}"
+    )
+    left.write_text('{"half": ')
+    live = temporary_path(tmp_path / "other.json")  # this process's: alive, so kept
+    live.write_text("{}")
+    write_json(target, {"done": True})
+    assert json.loads(target.read_text()) == {"done": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "metrics.json"]
+    assert remove_stale_temporaries(tmp_path) == []
 
 
 def test_load_refuses_missing_tampered_and_misshapen_checkpoints(tiny_data, tmp_path):
@@ -293,6 +310,28 @@ def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
     assert summary["val"]["psnr"] > 10.0  # real photos decode to real pixels, not noise
 
 
+def test_a_plain_folder_of_unlabelled_photos_trains_and_loads(tiny_data, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for photo in sorted((tiny_data / "train").glob("*.jpg")):
+        (plain / photo.name).write_bytes(photo.read_bytes())
+    summary = train(tiny_config(plain, tmp_path / "run", epochs=1))
+    assert summary["best_epoch"] == 1 and math.isfinite(summary["val"]["elbo"])
+    model = dogvae.load(tmp_path / "run")
+    assert model.breeds == [] and model.info["data"]["layout"] == "plain"
+    assert model.info["data"]["n_images"] == 90
+
+
+def test_too_few_images_for_validation_is_one_line(tiny_data, tmp_path, capsys):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    photo = next((tiny_data / "train").glob("*.jpg"))
+    (lone / photo.name).write_bytes(photo.read_bytes())
+    assert main(["train", "--data", str(lone), "--out", str(tmp_path / "run")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the decoding progress bar
+    assert last.startswith("dogvae: error: ") and "no image is left for validation (1 im" in last
+
+
 def test_batches_made_from_the_device_cache_train_exactly_like_the_loader(tiny_data, tmp_path):
     # on a GPU the cache is held there ("auto"); "on" takes the same path on the CPU
     train(tiny_config(tiny_data, tmp_path / "loader", epochs=2, device="cpu", device_cache="off"))
@@ -361,3 +400,63 @@ def test_train_on_labelled_data_trains_an_ssvae_and_says_why(tiny_data, tmp_path
         train(cfg)
     assert checkpoint.load(tmp_path / "run").config.model == "ssvae"
     assert "model: ssvae (the images are labelled with breeds" in caplog.text
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("dogvae: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read it (No such file or directory)"),
+        ("id,breed\n", "not valid JSON"),
+        ("[1, 2]", "must hold a JSON object, not list"),
+        ('{"trian": {}}', "unknown section 'trian'; it may hold preset, model, train, tune"),
+        ('{"train": [16]}', "'train' must be a JSON object"),
+        ('{"train": {"batch": 16}}', "unknown train settings batch"),
+        ('{"train": {"lr": "fast"}}', "--lr must be a positive number, not 'fast'"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, capsys, content, expected):
+    config = tmp_path / "settings.json"
+    if content is not None:
+        config.write_text(content)
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main(args + ["--config", str(config)]) == 2
+    err = one_error_line(capsys)
+    assert expected in err and ("settings.json" in err or "--lr" in err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--batch-size", "0"], "--batch-size must be a whole number >= 1, not 0"),
+        (["--lr", "-1"], "--lr must be a positive number, not -1.0"),
+        (["--lr", "nan"], "--lr must be a positive number, not nan"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--label-fraction", "0"], "--label-fraction must be in (0, 1], not 0.0"),
+    ],
+)
+def test_a_setting_no_run_can_train_with_is_one_line_naming_its_flag(
+    tmp_path, capsys, flags, expected
+):
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags]
+    assert main(args) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tiny_data, tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "run"):
+        assert main(["train", "--data", str(tiny_data), "--out", str(out)]) == 2
+        assert f"--out {out}: cannot make the run folder there" in one_error_line(capsys)
+
+
+def test_a_port_outside_0_to_65535_is_refused_before_anything_loads(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "no-run"), "--port", "99999"]) == 2
+    assert "--port 99999: a port is 0 (any free one) to 65535" in one_error_line(capsys)

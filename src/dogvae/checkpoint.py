@@ -7,15 +7,26 @@ RUN/
   state.pt            optimiser, scheduler, epoch, RNG state, sha256 of last.safetensors;
                       plain tensors and numbers, loaded with torch.load(weights_only=True)
   metrics.jsonl       one line per epoch; metrics.json the final summary; images/; tb/
+  checkpoints/NNNNNN/ the four files above, one generation per save
+  current             symlink to the newest complete generation
 
-Every file is written atomically, so an interrupted save leaves the previous good checkpoint.
+A checkpoint is one unit: each save writes a new generation folder in full (under a temporary
+name, every file flushed to disk, then renamed), and then swings the `current` symlink to it
+in one rename. The four top-level names are symlinks through `current`, so a crash or kill at
+any moment leaves the previous generation or the new one, never best weights from one save
+beside a config.json or training state from another. Readers resolve `current` once
+(`checkpoint_folder`); a run written before generations (or copied as its top-level files)
+is read from the top level. `DOGVAE_CRASH_AT=STEP[@N]` kills the process (SIGKILL) at the
+Nth pass through the named write step (`WRITE_STEPS`, `atomic.crash_point`) for the tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +35,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import dogvae
-from dogvae.atomic import atomic_path, write_json
+from dogvae.atomic import (
+    crash_point,
+    fsync_dir,
+    fsync_file,
+    json_text,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from dogvae.errors import CheckpointError
 from dogvae.model import BaseVAE, VAEConfig, build_model
 
@@ -33,6 +51,11 @@ BEST_WEIGHTS = "model.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 CONFIG = "config.json"
 STATE = "state.pt"
+RUN_FILES = (BEST_WEIGHTS, CONFIG, LAST_WEIGHTS, STATE)
+GENERATIONS = "checkpoints"
+CURRENT = "current"
+# Every point a save can be cut at, in the order it passes them (`crash_point`).
+WRITE_STEPS = ("last_weights", "state", "best_weights", "config", "generation", "current", "links")
 
 
 def sha256_file(path: Path) -> str:
@@ -56,25 +79,113 @@ def _state_tensors(model: BaseVAE) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_weights(model: BaseVAE, path: Path, info: dict) -> str:
-    """Write the model's tensors with its config in the file's metadata; return the file's sha256."""
-    with atomic_path(path) as tmp:
-        save_file(_state_tensors(model), str(tmp), metadata={"dogvae": json.dumps(info)})
-        digest = sha256_file(tmp)
-    return digest
+def checkpoint_folder(run: str | Path) -> Path:
+    """The folder holding the run's latest checkpoint: the generation `RUN/current` names, or
+    RUN itself for a run saved before generations existed."""
+    run = Path(run)
+    link = run / CURRENT
+    return run / os.readlink(link) if link.is_symlink() else run
 
 
-def save_best(run: Path, model: BaseVAE, info: dict) -> None:
-    """Best weights, then the config.json that vouches for them by hash."""
-    digest = save_weights(model, run / BEST_WEIGHTS, info)
-    write_json(run / CONFIG, {**info, "weights": {"file": BEST_WEIGHTS, "sha256": digest}})
+def _write_weights(model: BaseVAE, path: Path, info: dict) -> str:
+    """The model's tensors with its config in the file's metadata; returns the file's sha256."""
+    save_file(_state_tensors(model), str(path), metadata={"dogvae": json.dumps(info)})
+    fsync_file(path)
+    return sha256_file(path)
 
 
-def save_last(run: Path, model: BaseVAE, info: dict, state: dict) -> None:
-    """Latest weights and the training state that resumes from them."""
-    digest = save_weights(model, run / LAST_WEIGHTS, info)
-    with atomic_path(run / STATE) as tmp:
-        torch.save({**state, "weights_sha256": digest}, tmp)
+def save_checkpoint(
+    run: str | Path,
+    *,
+    last: tuple[BaseVAE, dict, dict] | None = None,
+    best: tuple[BaseVAE, dict] | None = None,
+) -> Path:
+    """Save one generation: `last` = (model, info, training state) as last.safetensors and
+    state.pt, `best` = (model, info) as model.safetensors and the config.json that vouches for
+    them by hash. What is not given is carried over from the previous generation. Returns the
+    new generation's folder."""
+    run = Path(run)
+    tidy(run)
+    previous = checkpoint_folder(run)
+    generations = run / GENERATIONS
+    folder = generations / f"{_generation_number(previous) + 1:06d}"
+    pending = generations / f".{folder.name}.tmp"
+    pending.mkdir(parents=True)
+    if last is not None:
+        model, info, state = last
+        digest = _write_weights(model, pending / LAST_WEIGHTS, info)
+        crash_point("last_weights")
+        torch.save({**state, "weights_sha256": digest}, pending / STATE)
+        fsync_file(pending / STATE)
+        crash_point("state")
+    if best is not None:
+        model, info = best
+        digest = _write_weights(model, pending / BEST_WEIGHTS, info)
+        crash_point("best_weights")
+        config = {**info, "weights": {"file": BEST_WEIGHTS, "sha256": digest}}
+        (pending / CONFIG).write_text(json_text(config))
+        fsync_file(pending / CONFIG)
+        crash_point("config")
+    _carry_over(previous, pending)
+    fsync_dir(pending)
+    os.replace(pending, folder)
+    fsync_dir(generations)
+    crash_point("generation")
+    _replace_symlink(run / CURRENT, folder.relative_to(run))
+    fsync_dir(run)
+    crash_point("current")
+    for name in RUN_FILES:
+        if (folder / name).exists() and not (run / name).is_symlink():
+            _replace_symlink(run / name, Path(CURRENT) / name)
+    crash_point("links")
+    tidy(run)
+    return folder
+
+
+def tidy(run: str | Path) -> None:
+    """Remove what interrupted saves left: generations other than the current one (older,
+    or written but never made current) and dead processes' temporaries."""
+    run = Path(run)
+    if (run / CURRENT).is_dir() and not (run / CURRENT).is_symlink():
+        shutil.rmtree(run / CURRENT)  # a copy that followed the links: the top level holds it
+    current = checkpoint_folder(run)
+    generations = run / GENERATIONS
+    if generations.is_dir():
+        for entry in generations.iterdir():
+            if entry == current:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    for folder in (run, run / "images"):
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+
+
+def _generation_number(folder: Path) -> int:
+    return int(folder.name) if folder.name.isdigit() else 0
+
+
+def _carry_over(previous: Path, pending: Path) -> None:
+    """Hard-link (or copy, where links are not possible) the previous generation's files that
+    this save does not replace."""
+    for name in RUN_FILES:
+        source = previous / name
+        if (pending / name).exists() or not source.is_file():
+            continue
+        try:
+            os.link(source.resolve(), pending / name)
+        except OSError:
+            shutil.copy2(source, pending / name)
+            fsync_file(pending / name)
+
+
+def _replace_symlink(path: Path, target: Path) -> None:
+    temporary = temporary_path(path, "link")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
 
 
 def run_info(
@@ -96,7 +207,7 @@ def run_info(
 def last_run_info(run: Path) -> dict | None:
     """The facts saved with the latest checkpoint (`run_info`, in last.safetensors' metadata),
     or None when the run has none yet."""
-    path = Path(run) / LAST_WEIGHTS
+    path = checkpoint_folder(run) / LAST_WEIGHTS
     if not path.is_file():
         return None
     try:
@@ -113,10 +224,21 @@ def _require(path: Path, what: str) -> Path:
 
 
 def read_config(run: str | Path) -> dict:
-    run = Path(run)
-    if not run.is_dir():
+    """The run's config.json (from its current generation)."""
+    return _read_config_in(_existing_run(run))
+
+
+def _existing_run(run: str | Path) -> Path:
+    """`checkpoint_folder(run)`, or an error when there is no such folder."""
+    if not Path(run).is_dir():
         raise CheckpointError(f"{run}: no such run folder")
-    path = _require(run / CONFIG, "this folder holds no trained dogvae model (run `dogvae train`)")
+    return checkpoint_folder(run)
+
+
+def _read_config_in(folder: Path) -> dict:
+    path = _require(
+        folder / CONFIG, "this folder holds no trained dogvae model (run `dogvae train`)"
+    )
     try:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -178,14 +300,14 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
     Refuses a run whose weights are missing, do not match the hash in config.json, or do not
     fit the model config, and says which.
     """
-    run = Path(run)
-    info = read_config(run)
-    weights = _require(run / BEST_WEIGHTS, "the run has no saved weights yet")
+    folder = _existing_run(run)  # resolved once: a save in progress cannot mix generations
+    info = _read_config_in(folder)
+    weights = _require(folder / BEST_WEIGHTS, "the run has no saved weights yet")
     expected = info.get("weights", {}).get("sha256")
     actual = sha256_file(weights)
     if expected != actual:
         raise CheckpointError(
-            f"{weights} does not match the sha256 recorded in {run / CONFIG} "
+            f"{weights} does not match the sha256 recorded in {folder / CONFIG} "
             f"({actual[:12]}... vs {str(expected)[:12]}...): the file was changed or replaced"
         )
     model = model_from_info(info)
@@ -197,8 +319,9 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
 
 def load_last(run: Path, model: BaseVAE) -> dict:
     """Restore the latest weights into `model` and return the training state to resume from."""
-    state_path = _require(run / STATE, "nothing to resume: no training state saved in this run")
-    weights = _require(run / LAST_WEIGHTS, "nothing to resume: no last weights in this run")
+    folder = checkpoint_folder(run)
+    state_path = _require(folder / STATE, "nothing to resume: no training state saved in this run")
+    weights = _require(folder / LAST_WEIGHTS, "nothing to resume: no last weights in this run")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     if state.get("weights_sha256") != sha256_file(weights):
         raise CheckpointError(f"{weights} does not match {state_path}: cannot resume safely")

@@ -72,9 +72,9 @@ def _saved_run_config(run: Path, file_cfg: dict) -> dict:
 
 
 def _train_config(args):
-    from dogvae.train import TrainConfig
+    from dogvae.train import TrainConfig, read_settings_file
 
-    file_cfg = json.loads(Path(args.config).read_text()) if args.config else {}
+    file_cfg = read_settings_file(args.config) if args.config else {}
     if args.resume:
         file_cfg = _saved_run_config(args.out, file_cfg)
     elif args.data is None:
@@ -105,11 +105,13 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from dogvae.train import train
+    from dogvae.train import EXIT_STATUS, train
 
     summary = train(_train_config(args))
     if args.json and summary:  # under torchrun only rank 0 returns a summary
         _print_json(summary)
+    if summary.get("stopped"):  # saved and resumable, but stopped by Ctrl-C (130) or SIGTERM
+        return EXIT_STATUS[summary["signal"]]
     return 0
 
 
@@ -121,9 +123,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from dogvae.train import TUNE_SECTIONS, read_settings_file
     from dogvae.tune import tune
 
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    base = read_settings_file(args.config, TUNE_SECTIONS) if args.config else {}
     if args.presets:
         base.setdefault("search", {})["preset"] = args.presets.split(",")
     result = tune(

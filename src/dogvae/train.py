@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dogvae import checkpoint
-from dogvae.atomic import write_json
+from dogvae.atomic import atomic_path, crash_point, write_json
 from dogvae.data.cache import ImageSet, load_images
 from dogvae.data.loader import CachedImages, make_loader, set_epoch
 from dogvae.data.split import hold_back_labels, stratified_split
@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 class TrainingError(DogvaeError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
+
+# The exit status of a run stopped by a signal, as a shell reports a process it killed (128 + N).
+EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+
+# Settings with a command-line flag, as errors name them; the others are --config fields.
+FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
 
 # What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
 TRAIN_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False}
@@ -122,7 +128,25 @@ class TrainConfig:
         for name, default in TRAIN_DEFAULTS.items():
             if values[name] is None:
                 values[name] = preset.train_overrides.get(name, default)
-        return TrainConfig(**values)
+        resolved = TrainConfig(**values)
+        resolved.check_numbers()
+        return resolved
+
+    def check_numbers(self) -> None:
+        """Refuse a setting no run can train with, naming its flag (or its config field)."""
+        rules = (
+            ("batch_size", lambda v: isinstance(v, int) and v >= 1, "be a whole number >= 1"),
+            ("lr", lambda v: math.isfinite(v) and v > 0, "be a positive number"),
+            ("weight_decay", lambda v: v >= 0, "not be negative"),
+            ("warmup_steps", lambda v: isinstance(v, int) and v >= 0, "be a whole number >= 0"),
+            ("grad_clip", lambda v: v >= 0, "not be negative (0: no clipping)"),
+            ("ema_decay", lambda v: 0.0 <= v < 1.0, "be in [0, 1) (0: no average)"),
+            ("val_fraction", lambda v: 0.0 <= v < 1.0, "be in [0, 1)"),
+        )
+        for name, test, rule in rules:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not test(value):
+                raise DogvaeError(f"{FLAGS.get(name, name)} must {rule}, not {value!r}")
 
     def model_config(self) -> VAEConfig:
         try:
@@ -134,6 +158,42 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# A --config file's sections: "tune" is the trial a tune/best.json came from (read by
+# nobody); only `dogvae tune` reads "search".
+SETTINGS_SECTIONS = ("preset", "model", "train", "tune")
+TUNE_SECTIONS = (*SETTINGS_SECTIONS, "search")
+
+
+def read_settings_file(path: str | Path, sections=SETTINGS_SECTIONS) -> dict:
+    """A `--config` file: a JSON object of `sections`. Anything else is refused in one line
+    that names the file."""
+    path = Path(path)
+    try:
+        settings = json.loads(path.read_text())
+    except OSError as exc:
+        raise DogvaeError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DogvaeError(f"--config {path}: not valid JSON ({exc})") from exc
+    if not isinstance(settings, dict):
+        raise DogvaeError(
+            f"--config {path}: must hold a JSON object, not {type(settings).__name__}"
+        )
+    unknown = sorted(set(settings) - set(sections))
+    if unknown:
+        raise DogvaeError(
+            f"--config {path}: unknown section {', '.join(map(repr, unknown))}; "
+            f"it may hold {', '.join(sections)}"
+        )
+    for section in set(sections) - {"preset"}:
+        if not isinstance(settings.get(section, {}), dict):
+            raise DogvaeError(f"--config {path}: {section!r} must be a JSON object")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings.get("train", {})) - fields)
+    if unknown:
+        raise DogvaeError(f"--config {path}: unknown train settings {', '.join(unknown)}")
+    return settings
 
 
 # --- devices, precision, processes --------------------------------------------------------
@@ -493,6 +553,11 @@ def group_schedules(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return [classifier if g.get("classifier") else whole_run for g in optimizer.param_groups]
 
 
+def step_kl_weight(model_cfg: VAEConfig, epoch: int, batch: int, steps_per_epoch: int) -> float:
+    """The KL weight of step `batch` (from 0) of `epoch` (from 0)."""
+    return kl_weight(model_cfg.beta, model_cfg.kl_warmup_epochs, epoch + batch / steps_per_epoch)
+
+
 def kl_weight(beta: float, warmup_epochs: float, epoch_progress: float) -> float:
     """KL weight ramps linearly from 0 to beta over the first `warmup_epochs` epochs."""
     if warmup_epochs <= 0:
@@ -586,6 +651,18 @@ class RunLog:
 
             self.tb = SummaryWriter(str(run / "tb"))
 
+    def keep_epochs(self, epochs: int) -> None:
+        """Drop metrics.jsonl's lines past `epochs`: a run killed between writing an epoch's
+        line and saving its checkpoint trains that epoch again on resume."""
+        path = self.run / "metrics.jsonl"
+        if not self.enabled or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_epoch(line) <= epochs]
+        if kept != lines:
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(kept))
+
     def epoch(self, record: dict) -> None:
         if not self.enabled:
             return
@@ -616,17 +693,34 @@ class RunLog:
             self.tb.close()
 
 
+def _logged_epoch(line: str) -> float:
+    """The epoch a metrics.jsonl line records; infinity for a line cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class GracefulStop:
     """Turn the first Ctrl-C or SIGTERM into a request to stop after the current step.
 
-    A second one a second or more later means "now". Under torchrun one Ctrl-C can arrive twice
-    (from the terminal and again from torchrun), so a repeat within a second is the same request.
+    A second one a second or more later means "now": KeyboardInterrupt for Ctrl-C, SystemExit
+    with status 143 for SIGTERM. Under torchrun one Ctrl-C can arrive twice (from the terminal
+    and again from torchrun), so a repeat within a second is the same request.
     """
 
     def __init__(self):
-        self.requested = False
+        self.signal: int | None = None  # the first one received
         self._first = 0.0
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def requests(self) -> tuple[bool, bool]:
+        """(Ctrl-C asked to stop, SIGTERM asked to stop): summed over processes."""
+        return self.signal == signal.SIGINT, self.signal == signal.SIGTERM
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -636,8 +730,10 @@ class GracefulStop:
 
     def _handle(self, signum, frame):
         if not self.requested:
-            self.requested, self._first = True, time.monotonic()
+            self.signal, self._first = signum, time.monotonic()
         elif time.monotonic() - self._first > 1.0:
+            if signum == signal.SIGTERM:
+                raise SystemExit(EXIT_STATUS["SIGTERM"])
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
@@ -649,14 +745,22 @@ class GracefulStop:
 
 
 def _prepare_run_folder(run: Path, resume: bool) -> None:
-    has_checkpoint = (run / checkpoint.STATE).exists() or (run / checkpoint.CONFIG).exists()
-    if resume and not (run / checkpoint.STATE).exists():
+    folder = checkpoint.checkpoint_folder(run)
+    has_state = (folder / checkpoint.STATE).is_file()
+    if resume and not has_state:
         raise CheckpointError(f"{run}: nothing to resume (no {checkpoint.STATE}); drop --resume")
-    if has_checkpoint and not resume:
+    if not resume and (has_state or (folder / checkpoint.CONFIG).is_file()):
         raise CheckpointError(
             f"{run} already holds a run; pass --resume to continue it or choose another --out"
         )
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"--out {run}: cannot make the run folder there ({exc.strerror or exc})"
+        ) from exc
+    if resume:
+        checkpoint.tidy(run)
 
 
 def _load_data(cfg: TrainConfig, image_size: int, rt: Runtime) -> ImageSet:
@@ -712,6 +816,11 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         raise DogvaeError(
             f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
             f"{rt.world_size} processes"
+        )
+    if len(val_idx) == 0:
+        raise DogvaeError(
+            f"{images.root}: no image is left for validation ({len(images)} images, "
+            f"validation share {cfg.val_fraction}); add images or raise val_fraction"
         )
     if len(train_idx) < cfg.batch_size:
         raise DogvaeError(
@@ -771,6 +880,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
     info["runtime"] = runtime_facts(rt)
 
     start_epoch, skip_batches, best_elbo, history = 0, 0, math.inf, {}
+    resumed_sums, resumed_seconds = torch.zeros(4, dtype=torch.float64), 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -782,6 +892,9 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         torch.set_rng_state(state["rng"])
         if rt.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], rt.device)  # the ssvae's dropout
+        if skip_batches and "epoch_sums" in state:
+            resumed_sums = state["epoch_sums"].double()
+            resumed_seconds = float(state["epoch_seconds"])
         if rt.main:
             print(f"resuming {run} at epoch {start_epoch + 1}, batch {skip_batches}")
 
@@ -794,18 +907,22 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
         forward = torch.compile(forward)
     eval_model = ema.module if ema is not None else model
     log = RunLog(run, rt.main)
+    log.keep_epochs(start_epoch)  # lines a killed run wrote after its last checkpoint go
     fixed = CachedImages(images, val_idx[:8]).__getitems__(list(range(min(8, len(val_idx)))))[0]
     if not history and rt.main:
         history["baselines"] = reconstruction_baselines(
             images.images[train_idx], images.images[val_idx], model_cfg.latent_dim
         )
 
-    def save_last(epoch: int, batch_in_epoch: int) -> None:
+    def save(epoch: int, batch_in_epoch: int, sums: torch.Tensor, seconds: float, best=None):
+        """One checkpoint generation: the latest state, and the best weights when `best`."""
         if not rt.main:
             return
         state = {
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
+            "epoch_sums": sums,  # the epoch's running totals, so a resumed epoch reports
+            "epoch_seconds": seconds,  # the same training figures as an uninterrupted one
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
@@ -816,7 +933,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             state["ema"] = ema.state_dict()
         if rt.device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
             state["cuda_rng"] = torch.cuda.get_rng_state(rt.device)
-        checkpoint.save_last(run, model, info, state)
+        checkpoint.save_checkpoint(run, last=(model, info, state), best=best)
 
     model.train()
     started = time.perf_counter()
@@ -830,13 +947,12 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                 batches, total=steps_per_epoch, initial=skip_batches, disable=not (cfg.progress and rt.main),
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
             )  # fmt: skip
-            sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, kl (x images), images
-            t0 = time.perf_counter()
+            # loss, recon, kl (x images), images; a resumed epoch goes on from its saved totals
+            sums = resumed_sums if epoch == start_epoch else torch.zeros(4, dtype=torch.float64)
+            t0 = time.perf_counter() - (resumed_seconds if epoch == start_epoch else 0.0)
             for i, (x, y) in enumerate(bar, start=skip_batches):
                 x, y = _to_device(x, rt), _host_to_device(y, rt.device)
-                beta = kl_weight(
-                    model_cfg.beta, model_cfg.kl_warmup_epochs, epoch + i / steps_per_epoch
-                )
+                beta = step_kl_weight(model_cfg, epoch, i, steps_per_epoch)
                 eps = _host_to_device(
                     noise_rows(cfg.batch_size, model_cfg.latent_dim, rt), rt.device
                 )
@@ -844,7 +960,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                     out = model.objective(x, *forward(x, eps, y), beta=beta, breed=y)
                 # one all-reduce: the step's loss over the global batch, and whether any
                 # process was asked to stop, so that all of them stop after the same step
-                counts = torch.tensor([len(x), stop.requested], dtype=torch.float64)
+                counts = torch.tensor([len(x), *stop.requests()], dtype=torch.float64)
                 step_sums = torch.cat([
                     torch.stack([out.total, out.reconstruction, out.kl]).detach().double() * len(x),
                     _host_to_device(counts, rt.device),
@@ -877,15 +993,17 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                         kl=f"{kl:.1f}",
                         img_s=f"{rate:.0f}",
                     )
-                if step_sums[4] > 0:
-                    save_last(epoch, i + 1)
+                if step_sums[4] > 0 or step_sums[5] > 0:
+                    save(epoch, i + 1, sums, time.perf_counter() - t0)
                     if rt.main:
                         print(
                             f"\nstopped at epoch {epoch + 1}, batch {i + 1}; saved {run / checkpoint.LAST_WEIGHTS}."
                         )
                         print(f"resume with: {_resume_command(cfg)}")
                     log.close()
-                    return {"stopped": True, "epoch": epoch, "batch_in_epoch": i + 1}
+                    signum = signal.SIGINT if step_sums[4] > 0 else signal.SIGTERM
+                    return {"stopped": True, "epoch": epoch, "batch_in_epoch": i + 1,
+                            "signal": signal.Signals(signum).name}  # fmt: skip
             bar.close()
             skip_batches = 0
             epoch_seconds = time.perf_counter() - t0
@@ -894,7 +1012,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                 "epoch": epoch + 1,
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
-                "beta": beta,
+                "beta": step_kl_weight(model_cfg, epoch, steps_per_epoch - 1, steps_per_epoch),
                 "seconds": epoch_seconds,
                 "images_per_s": float(sums[3]) / epoch_seconds,
                 "train": {"loss": loss, "recon": recon, "kl": kl},
@@ -907,13 +1025,12 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
                 history["best"] = record
             if rt.main:
                 log.epoch(record)
+                crash_point("metrics")
                 log.pictures(eval_model, fixed, epoch + 1, rt)
-                if is_best:
-                    checkpoint.save_best(
-                        run, eval_model, {**info, "epoch": epoch + 1, "metrics": record["val"]}
-                    )
+            best = (eval_model, {**info, "epoch": epoch + 1, "metrics": record["val"]})
+            save(epoch + 1, 0, torch.zeros(4, dtype=torch.float64), 0.0, best if is_best else None)
+            if rt.main:
                 print(_epoch_line(record))
-            save_last(epoch + 1, 0)
             if on_epoch is not None:
                 on_epoch(record)
     log.close()

@@ -151,6 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (0: any free port), or a DogvaeError saying why not,
     before any model is loaded."""
+    if not 0 <= port <= 65535:  # getaddrinfo would quietly take the port modulo 65536
+        raise DogvaeError(f"--port {port}: a port is 0 (any free one) to 65535")
     try:
         family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do,

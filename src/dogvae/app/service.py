@@ -65,11 +65,48 @@ from dogvae.tasks.reconstruct import reconstruct_pixels
 from dogvae.tasks.sample import draw_dogs
 
 MAX_UPLOAD_BYTES = 20_000_000  # 20 MB: a phone photo is 2-8 MB
+# Pixels of uploaded photos decoding at once. Decoding and converting a photo peaks at ~10
+# bytes a pixel (RGB) to ~20 (RGBA composited on white): one 40-megapixel photo, or three
+# 12-megapixel ones, so ~0.8 GB over the model's memory whatever the number of uploads.
+DECODE_BUDGET_PIXELS = MAX_PIXELS
 PHOTO_CACHE_SIZE = 256  # uploaded photos kept by reference (a few MB at 128 px)
 GALLERY_SIZE = 24
 TOP_BREEDS = 5
 MAX_SAMPLES = 64
 MAX_STEPS = 16
+
+
+class PixelBudget:
+    """At most `capacity` pixels decoding at once; an upload waits for room. A photo larger
+    than the whole budget waits until nothing else decodes and then decodes alone."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image header, without decoding; 0 when the header is unreadable
+    (decoding then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except Exception:  # Pillow's plugins raise many types on malformed headers
+        return 0
 
 
 class StoreUnavailable(DogvaeError):
@@ -155,9 +192,11 @@ class ServedRun:
         *,
         progress: bool = False,
         photo_cache_size: int = PHOTO_CACHE_SIZE,
+        decode_budget_pixels: int = DECODE_BUDGET_PIXELS,
         device: str | torch.device = "cpu",
     ):
         self.run = Path(run)
+        self.decode_budget = PixelBudget(decode_budget_pixels)
         self.model = checkpoint.load(self.run, device)
         self.image_size = self.model.config.image_size
         self.crop = run_crop(self.model)
@@ -253,7 +292,8 @@ class ServedRun:
         """Decode an uploaded photo (BadImage says why it cannot be used), encode it once and
         keep it under its reference."""
         ref = "photo:" + hashlib.sha256(data).hexdigest()[:16]
-        pixels = load_photo(data, self.image_size, self.crop, name=name)
+        with self.decode_budget.reserve(header_pixels(data)):
+            pixels = load_photo(data, self.image_size, self.crop, name=name)
         with self._inference():
             encoded = encode_images(self.model, pixels[None])
         photo = Photo(

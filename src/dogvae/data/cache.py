@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from dogvae.atomic import crash_point, remove_stale_temporaries, temporary_path
 from dogvae.data.decode import CROPS, decode_file
 from dogvae.data.scan import Catalog, ImageRecord, Skip, count_by_reason, scan
 from dogvae.errors import BadImage, DataError
@@ -189,7 +190,7 @@ class _CacheFiles:
         return self.folder / f"{self.key}.skipped.json"
 
     def temporary(self, suffix: str) -> Path:
-        return self.folder / f".{self.key}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+        return temporary_path(self.folder / f"{self.key}{suffix}", uuid.uuid4().hex[:8])
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ def _build_cache(
             _copy_rows(temporaries[0], temporaries[-1], kept)
             os.replace(temporaries[-1], temporaries[0])
         meta = _meta(catalog, files.key, size, crop, kept, failures, _checksum(temporaries[0]))
+        crash_point("cache_pixels")
         temporaries[1].write_text(json.dumps(meta))
         os.replace(temporaries[0], files.array)
         os.replace(temporaries[1], files.meta)
@@ -415,6 +417,7 @@ def _writable_cache_dir(cache_dir: str | Path | None) -> Path:
             f"cannot create the image cache folder {folder} ({exc.strerror}); "
             "set DOGVAE_CACHE to a writable folder"
         ) from exc
+    remove_stale_temporaries(folder)  # a build killed mid-way leaves a whole-set .npy
     return folder
 
 

@@ -112,9 +112,12 @@ def is_image_name(path: Path) -> bool:
 
 
 def _image_files(folder: Path) -> list[Path]:
+    """Image files in `folder`; a link to nowhere is kept, so decoding reports it (unreadable)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+    return sorted(
+        p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and is_image_name(p)
+    )
 
 
 def _breed_folders(root: Path) -> list[Path]:

@@ -14,16 +14,23 @@ def stratified_split(
 
     Each breed sends round(val_fraction * n) of its n images to validation (halves round up),
     at least one when it has two or more images and never all of them. Unlabelled images (label
-    < 0) all train. Which images go is drawn per breed from (seed, breed), so a breed's choice
-    does not depend on the other breeds or on the order they appear in.
+    < 0) all train, unless no image has a label (a plain folder): then they are split as one
+    group. Which images go is drawn per breed from (seed, breed), so a breed's choice does not
+    depend on the other breeds or on the order they appear in.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    breeds = np.unique(labels[labels >= 0])
     validation = [
-        _validation_members(np.flatnonzero(labels == breed), val_fraction, seed, int(breed))
-        for breed in np.unique(labels[labels >= 0])
+        _validation_members(
+            np.flatnonzero(labels == breed), val_fraction, np.random.default_rng([seed, int(breed)])
+        )
+        for breed in breeds
     ]
+    if breeds.size == 0:
+        rng = np.random.default_rng([seed])
+        validation.append(_validation_members(np.arange(labels.size), val_fraction, rng))
     val = np.sort(np.concatenate([np.empty(0, np.int64), *validation]))
     is_train = np.ones(labels.size, dtype=bool)
     is_train[val] = False
@@ -31,13 +38,12 @@ def stratified_split(
 
 
 def _validation_members(
-    members: np.ndarray, val_fraction: float, seed: int, breed: int
+    members: np.ndarray, val_fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
     n = members.size
     n_val = min(math.floor(val_fraction * n + 0.5), n - 1)
     if val_fraction > 0 and n >= 2:
         n_val = max(n_val, 1)
-    rng = np.random.default_rng([seed, breed])
     return rng.permutation(members)[:n_val]
 
 
