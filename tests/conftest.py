@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,17 @@ TINY_MODEL = {
     "dec_widths": [16, 8, 8],
     "dec_start_channels": 16,
 }
+
+
+def tiny_train_config(data, out, **kw):
+    """A TrainConfig for a few seconds of training of the tiny model on `data`; `kw` wins."""
+    from dogvae.train import TrainConfig
+
+    values = dict(
+        data=str(data), out=str(out), epochs=3, batch_size=16, lr=3e-3, warmup_steps=5,
+        progress=False, model_overrides={**TINY_MODEL, "model": "vae"},
+    )  # fmt: skip
+    return TrainConfig(**{**values, **kw})
 
 
 def train_tiny_run(
@@ -66,6 +79,26 @@ def train_tiny_run(
             )
         )
     return run, data
+
+
+@contextlib.contextmanager
+def sigint_at_step(monkeypatch, n: int):
+    """Ctrl-C, as a user presses it, during the `n`th training step of what runs inside."""
+    import dogvae.train as train_module
+
+    real_kl_weight, steps = train_module.kl_weight, []
+
+    def counting(*args):
+        steps.append(1)
+        if len(steps) == n:
+            signal.raise_signal(signal.SIGINT)
+        return real_kl_weight(*args)
+
+    monkeypatch.setattr(train_module, "kl_weight", counting)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
 
 
 def shared_path(name: str) -> Path:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, sigint_at_step, tiny_train_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -62,11 +61,8 @@ def synth_by_size(tmp_path_factory):
 
 
 def tiny_config(data, out, **kw) -> TrainConfig:
-    values = dict(
-        data=str(data), out=str(out), epochs=2, batch_size=16, lr=3e-3, warmup_steps=2,
-        progress=False, device="cuda", model_overrides=dict(TINY_MODEL),
-    )  # fmt: skip
-    return TrainConfig(**{**values, **kw})
+    settings = dict(epochs=2, warmup_steps=2, device="cuda", model_overrides=dict(TINY_MODEL))
+    return tiny_train_config(data, out, **{**settings, **kw})
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -121,18 +117,9 @@ def test_resume_on_cuda_after_ctrl_c_ends_bit_for_bit_like_an_uninterrupted_run(
     data = synth_by_size(32)
     train(tiny_config(data, tmp_path / "straight", **settings))
 
-    real_kl_weight, steps = train_module.kl_weight, []
-
-    def interrupt_on_fourth_step(*args):
-        steps.append(1)
-        if len(steps) == 4:
-            signal.raise_signal(signal.SIGINT)
-        return real_kl_weight(*args)
-
-    monkeypatch.setattr(train_module, "kl_weight", interrupt_on_fourth_step)
-    result = train(tiny_config(data, tmp_path / "stopped", **settings))
-    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4}  # of 5
-    monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
+    with sigint_at_step(monkeypatch, 4):
+        result = train(tiny_config(data, tmp_path / "stopped", **settings))
+    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4, "signal": "SIGINT"}
     train(tiny_config(data, tmp_path / "stopped", resume=True, **settings))
 
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, tiny_train_config
 
 import dogvae
 from dogvae import checkpoint
@@ -57,11 +57,8 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_config(data, out, **kw) -> TrainConfig:
-    values = dict(
-        data=str(data), out=str(out), epochs=1, batch_size=16, lr=3e-3, warmup_steps=2,
-        progress=False, device="cpu", model_overrides=dict(TINY_MODEL),
-    )  # fmt: skip
-    return TrainConfig(**{**values, **kw})
+    settings = dict(epochs=1, warmup_steps=2, device="cpu", model_overrides=dict(TINY_MODEL))
+    return tiny_train_config(data, out, **{**settings, **kw})
 
 
 def test_pick_device_resolves_auto_and_refuses_cuda_without_a_gpu(no_gpu):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 import platform
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, sigint_at_step, tiny_train_config
 from safetensors.torch import load_file
 
 import dogvae
@@ -29,15 +28,6 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, breeds=3, per_breed=30, size=32, mutts=0, seed=0, progress=False)
     return out
-
-
-def tiny_config(data, out, **kw) -> TrainConfig:
-    values = dict(
-        data=str(data), out=str(out), epochs=3, batch_size=16, lr=3e-3, warmup_steps=5,
-        progress=False, model_overrides={**TINY_MODEL, "model": "vae"},
-    )  # fmt: skip
-    values.update(kw)
-    return TrainConfig(**values)
 
 
 def read_metrics(run) -> list[dict]:
@@ -86,7 +76,7 @@ def test_keep_freed_memory_reuses_a_big_block_without_fresh_page_faults():
 
 
 def test_short_run_lowers_validation_elbo_and_keeps_the_best_epoch(tiny_data, tmp_path):
-    summary = train(tiny_config(tiny_data, tmp_path / "run", epochs=6))
+    summary = train(tiny_train_config(tiny_data, tmp_path / "run", epochs=6))
     epochs = read_metrics(tmp_path / "run")
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
     assert epochs[-1]["val"]["elbo"] < 0.9 * epochs[0]["val"]["elbo"]
@@ -105,7 +95,7 @@ def test_short_run_lowers_validation_elbo_and_keeps_the_best_epoch(tiny_data, tm
 
 
 def test_loaded_model_gives_bit_identical_outputs_and_knows_its_breeds(tiny_data, tmp_path):
-    train(tiny_config(tiny_data, tmp_path / "run", epochs=1))
+    train(tiny_train_config(tiny_data, tmp_path / "run", epochs=1))
     model = checkpoint.load(tmp_path / "run")
     rows = (tiny_data / "labels.csv").read_text().splitlines()[1:]
     assert model.breeds == sorted({row.split(",")[1] for row in rows})
@@ -121,7 +111,7 @@ def test_loaded_model_gives_bit_identical_outputs_and_knows_its_breeds(tiny_data
 def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(
     tiny_data, tmp_path, monkeypatch
 ):
-    train(tiny_config(tiny_data, tmp_path / "straight"))
+    train(tiny_train_config(tiny_data, tmp_path / "straight"))
 
     real_save = checkpoint.save_checkpoint
     calls = []
@@ -134,9 +124,9 @@ def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
     with pytest.raises(SystemExit):
-        train(tiny_config(tiny_data, tmp_path / "killed"))
+        train(tiny_train_config(tiny_data, tmp_path / "killed"))
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
-    train(tiny_config(tiny_data, tmp_path / "killed", resume=True))
+    train(tiny_train_config(tiny_data, tmp_path / "killed", resume=True))
 
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
     b = load_file(str(tmp_path / "killed" / "last.safetensors"))
@@ -148,22 +138,12 @@ def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(
 def test_ctrl_c_mid_epoch_saves_last_and_resume_matches_uninterrupted(
     tiny_data, tmp_path, monkeypatch
 ):
-    train(tiny_config(tiny_data, tmp_path / "straight", epochs=2))
+    train(tiny_train_config(tiny_data, tmp_path / "straight", epochs=2))
 
-    real_kl_weight = train_module.kl_weight
-    steps = []
-
-    def interrupt_on_fourth_step(*args):
-        steps.append(1)
-        if len(steps) == 4:
-            signal.raise_signal(signal.SIGINT)
-        return real_kl_weight(*args)
-
-    monkeypatch.setattr(train_module, "kl_weight", interrupt_on_fourth_step)
-    result = train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2))
+    with sigint_at_step(monkeypatch, 4):
+        result = train(tiny_train_config(tiny_data, tmp_path / "stopped", epochs=2))
     assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4, "signal": "SIGINT"}
-    monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
-    train(tiny_config(tiny_data, tmp_path / "stopped", epochs=2, resume=True))
+    train(tiny_train_config(tiny_data, tmp_path / "stopped", epochs=2, resume=True))
 
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
     b = load_file(str(tmp_path / "stopped" / "last.safetensors"))
@@ -175,7 +155,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     tiny_data, tmp_path, monkeypatch
 ):
     run = tmp_path / "run"
-    train(tiny_config(tiny_data, run, epochs=1))
+    train(tiny_train_config(tiny_data, run, epochs=1))
     good = {name: (run / name).read_bytes() for name in ("model.safetensors", "last.safetensors")}
 
     real_objective = train_module.BaseVAE.objective
@@ -187,7 +167,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(train_module.BaseVAE, "objective", poisoned)
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 1"):
-        train(tiny_config(tiny_data, run, epochs=2, resume=True))
+        train(tiny_train_config(tiny_data, run, epochs=2, resume=True))
     for name, data in good.items():
         assert (run / name).read_bytes() == data
     checkpoint.load(run)  # still loads
@@ -231,7 +211,7 @@ def test_load_refuses_missing_tampered_and_misshapen_checkpoints(tiny_data, tmp_
         checkpoint.load(tmp_path / "empty")
 
     run = tmp_path / "run"
-    train(tiny_config(tiny_data, run, epochs=1))
+    train(tiny_train_config(tiny_data, run, epochs=1))
     info = json.loads((run / "config.json").read_text())
     info["model"]["latent_dim"] = 9
     (run / "config.json").write_text(json.dumps(info))
@@ -301,7 +281,7 @@ def test_trains_a_few_steps_on_real_kaggle_photos(tmp_path):
     from conftest import shared_path
 
     data = shared_path("dogs-sample")
-    summary = train(tiny_config(data, tmp_path / "run", epochs=2, batch_size=32))
+    summary = train(tiny_train_config(data, tmp_path / "run", epochs=2, batch_size=32))
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert len(info["breeds"]) == 10 and "golden_retriever" in info["breeds"]
     assert info["data"]["n_images"] == 300
@@ -315,7 +295,7 @@ def test_a_plain_folder_of_unlabelled_photos_trains_and_loads(tiny_data, tmp_pat
     plain.mkdir()
     for photo in sorted((tiny_data / "train").glob("*.jpg")):
         (plain / photo.name).write_bytes(photo.read_bytes())
-    summary = train(tiny_config(plain, tmp_path / "run", epochs=1))
+    summary = train(tiny_train_config(plain, tmp_path / "run", epochs=1))
     assert summary["best_epoch"] == 1 and math.isfinite(summary["val"]["elbo"])
     model = dogvae.load(tmp_path / "run")
     assert model.breeds == [] and model.info["data"]["layout"] == "plain"
@@ -334,8 +314,14 @@ def test_too_few_images_for_validation_is_one_line(tiny_data, tmp_path, capsys):
 
 def test_batches_made_from_the_device_cache_train_exactly_like_the_loader(tiny_data, tmp_path):
     # on a GPU the cache is held there ("auto"); "on" takes the same path on the CPU
-    train(tiny_config(tiny_data, tmp_path / "loader", epochs=2, device="cpu", device_cache="off"))
-    train(tiny_config(tiny_data, tmp_path / "device", epochs=2, device="cpu", device_cache="on"))
+    train(
+        tiny_train_config(
+            tiny_data, tmp_path / "loader", epochs=2, device="cpu", device_cache="off"
+        )
+    )
+    train(
+        tiny_train_config(tiny_data, tmp_path / "device", epochs=2, device="cpu", device_cache="on")
+    )
     a = load_file(str(tmp_path / "loader" / "last.safetensors"))
     b = load_file(str(tmp_path / "device" / "last.safetensors"))
     for key in a:
@@ -395,7 +381,7 @@ def test_the_model_trained_by_default_is_the_one_that_knows_breeds(
 
 
 def test_train_on_labelled_data_trains_an_ssvae_and_says_why(tiny_data, tmp_path, caplog):
-    cfg = tiny_config(tiny_data, tmp_path / "run", epochs=1, model_overrides=dict(TINY_MODEL))
+    cfg = tiny_train_config(tiny_data, tmp_path / "run", epochs=1, model_overrides=dict(TINY_MODEL))
     with caplog.at_level("INFO", logger="dogvae"):
         train(cfg)
     assert checkpoint.load(tmp_path / "run").config.model == "ssvae"

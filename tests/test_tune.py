@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
+from conftest import sigint_at_step
 
 optuna = pytest.importorskip("optuna")
 
-import dogvae.train as train_module  # noqa: E402
 from dogvae.cli import main  # noqa: E402
 from dogvae.synth import synthesize  # noqa: E402
 from dogvae.train import TrainConfig, train  # noqa: E402
@@ -104,19 +103,9 @@ def test_a_study_refuses_other_settings_and_elbos_that_do_not_compare(tiny_data,
 def test_a_trial_stopped_by_ctrl_c_resumes_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
     base = {k: v for k, v in TINY_BASE.items() if k != "search"}
     space = SearchSpace.from_dict(TINY_BASE["search"])
-    real_kl_weight, steps = train_module.kl_weight, []
-
-    def interrupt_on_third_step(*args):
-        steps.append(1)
-        if len(steps) == 3:
-            signal.raise_signal(signal.SIGINT)
-        return real_kl_weight(*args)
-
-    monkeypatch.setattr(train_module, "kl_weight", interrupt_on_third_step)
-    with pytest.raises(KeyboardInterrupt):
+    with sigint_at_step(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         tune(tiny_data, tmp_path, trials=2, epochs=2, base=base, space=space)
     assert (tmp_path / "trial-000" / "state.pt").is_file()
-    monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
 
     tune(tiny_data, tmp_path, trials=1, epochs=2, base=base, space=space)
     trials = optuna.load_study(study_name="dogvae", storage=f"sqlite:///{tmp_path}/tune.db")
