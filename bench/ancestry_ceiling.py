@@ -65,10 +65,11 @@ def pixel_pca_row(images: np.ndarray, labels, mutt_images: np.ndarray, mutts) ->
 def run_rows(run: Path, root: Path) -> dict:
     model = dogvae.load(run)
     report = evaluate_ancestry(model, open_store(model, run, root, progress=False), root)
-    return {
-        f"{run.name}'s codes (the shipped fit)": report["ancestry"],
-        f"{run.name}'s codes, nearest centroid": report["nearest_centroid"],
-    }
+    rows = {f"{run.name}: {report['method']} (shipped)": report["ancestry"]}
+    if "latent" in report:
+        rows[f"{run.name}: latent mixture"] = report["latent"]
+    rows[f"{run.name}'s codes, nearest centroid"] = report["nearest_centroid"]
+    return rows
 
 
 def main() -> None:

@@ -80,11 +80,11 @@ def test_ancestry_is_one_answer_through_library_cli_and_web(doors, run, capsys):
     library = ancestry(model, store, photo)
     command = cli_json(capsys, "ancestry", run[0], photo)
     page = client.post("/api/ancestry", files=upload(photo)).json()
-    assert library["space"] == ("classifier" if model.has_classifier else "codes")
+    assert library["method"] == ("synthesis" if model.conditional else "latent")
     shares = [(p["breed"], p["share"]) for p in library["parents"]]
     for other in (command, page):
         assert_same([(p["breed"], p["share"]) for p in other["parents"]], shares)
-        assert other["ranking"] == library["ranking"] and other["space"] == library["space"]
+        assert other["ranking"] == library["ranking"] and other["method"] == library["method"]
 
 
 def test_reconstruct_is_one_answer_through_library_and_web(doors, tmp_path):

@@ -109,8 +109,10 @@ def test_ancestry_gives_shares_that_sum_to_one_and_a_picture(loaded, tiny_run, t
     model, store = loaded
     mutt = next((tiny_run[1] / "mutts").iterdir())
     result = ancestry(model, store, mutt, top=3, out=tmp_path / "ancestry.png")
-    assert set(result) == {"image", "parents", "ranking", "residual", "space", "novelty", "picture"}
-    assert result["space"] == "codes"  # a plain VAE mixes breed centroids
+    assert set(result) == {
+        "image", "parents", "ranking", "residual", "method", "space", "gain", "novelty", "picture"
+    }  # fmt: skip
+    assert (result["method"], result["space"], result["gain"]) == ("latent", "codes", None)
     assert 1 <= len(result["parents"]) <= 3
     assert sum(p["share"] for p in result["parents"]) == pytest.approx(1.0, abs=1e-3)
     assert len(result["ranking"]) == 3 and set(result["ranking"]) <= set(store.breeds)
@@ -122,9 +124,19 @@ def test_ancestry_evaluation_reports_recovery_against_nearest_centroid(loaded, t
     model, store = loaded
     report = evaluate_ancestry(model, store, tiny_run[1])
     assert report["n_mutts"] == 12 and report["n_breeds"] == BREEDS
+    assert report["method"] == "latent" and "latent" not in report  # a plain VAE: one method
     for method in ("ancestry", "nearest_centroid"):
-        assert set(report[method]) == {"both_parents_top2", "both_parents_top3", "share_error"}
-        assert 0 <= report[method]["share_error"] <= 1
+        assert {"both_parents_top2", "both_parents_top3", "share_error"} <= set(report[method])
+    # the figure is what the answers to each mutt's photo say, counted
+    import csv
+
+    with open(tiny_run[1] / "mutts.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    hits = []
+    for row in rows:
+        ranking = ancestry(model, store, tiny_run[1] / "mutts" / f"{row['id']}.jpg")["ranking"]
+        hits.append({row["parent_a"], row["parent_b"]} <= set(ranking[:2]))
+    assert report["ancestry"]["both_parents_top2"] == pytest.approx(sum(hits) / len(hits))
     assert 0 <= report["purebreds_as_one_breed"] <= 1
 
 

@@ -99,7 +99,9 @@ class AncestryResult(BaseModel):
     mixture: str = Field(description="the dog drawn as the parents' mixture, PNG data URL")
     ranking: list[str]
     residual: float
-    space: str = Field(description="classifier (breed probabilities) or codes (latent centroids)")
+    method: str = Field(description="synthesis (the decoder's likeliest breed mixture) or latent")
+    space: str = Field(description="decoder, classifier (breed probabilities) or codes")
+    gain: float | None = Field(description="synthesis: nats better than the best single breed")
     novelty: Novelty
 
 

@@ -354,7 +354,7 @@ class ServedRun:
     def ancestry(self, photo: Photo, top: int = 3) -> dict:
         """`tasks.ancestry.answer_ancestry` for the photo, each parent breed with a typical
         training photo of it and the mixture drawn."""
-        answer, found = answer_ancestry(self.knowledge, photo.encoded, top)
+        answer, found = answer_ancestry(self.knowledge, photo.pixels[None], photo.encoded, top)
         for entry in answer["parents"]:
             entry["image"] = self._breed_image(entry["breed"])
         with self._inference():

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from dogvae import synth
-from dogvae.errors import DataError
+from dogvae.errors import DataError, DogvaeError
 from dogvae.latents import (
     Encoded,
     LatentStore,
@@ -41,6 +41,7 @@ from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png, to_uint8
 from dogvae.tasks.inputs import as_tensor, find_breed, read_photos
 from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.synthesis import explain_by_synthesis
 
 MAX_PARENTS = 3
 TRIPLE_POOL = 24  # triples are searched among this many best-fitting breeds
@@ -161,8 +162,9 @@ def _triple_fits(gram, cross, norm, candidates):
 
 @dataclass
 class Explanation:
-    """A dog explained: parents (breed indices) with shares summing to one, every breed
-    ranked, the residual of the chosen fit, and the mixture's point in latent space."""
+    """A dog explained: parents (breed indices) with shares summing to one, breeds ranked, the
+    residual of the chosen fit (squared whitened distance; by synthesis the -ELBO in nats),
+    and the code to draw it from (the breeds' mixture; by synthesis the photo's own)."""
 
     parents: list[int]
     shares: list[float]
@@ -205,17 +207,42 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 # --- the task ----------------------------------------------------------------------------
 
 
+METHODS = ("synthesis", "latent")
+
+
+def default_method(model: BaseVAE) -> str:
+    """Analysis-by-synthesis where the decoder takes breed weights (cvae, ssvae), else the
+    latent mixture."""
+    return "synthesis" if model.conditional else "latent"
+
+
 def answer_ancestry(
-    knowledge: BreedKnowledge, encoded: Encoded, top: int = 3, penalty: float | None = None
+    knowledge: BreedKnowledge,
+    pixels: np.ndarray,
+    encoded: Encoded,
+    top: int = 3,
+    penalty: float | None = None,
+    method: str | None = None,
 ) -> tuple[dict, Explanation]:
-    """The breed shares that best explain one encoded photo, the runners-up, the space they
-    were fitted in and the novelty verdict; and the explanation itself (for pictures)."""
-    found = explain(
-        knowledge.ancestry_features(encoded)[0],
-        knowledge.ancestry_centroids,
-        knowledge.ancestry_whitener,
-        penalty,
-    )
+    """The breed shares that best explain one photo (pixels (1, S, S, 3), encoded), the
+    runners-up, how they were found and the novelty verdict; and the explanation itself (for
+    pictures). `method` "synthesis" (`dogvae.tasks.synthesis`) or "latent" (`explain` in
+    `knowledge.ancestry_space`); by default `default_method`."""
+    method = method or default_method(knowledge.model)
+    if method not in METHODS:
+        raise DogvaeError(f"unknown ancestry method {method!r}; choose {' or '.join(METHODS)}")
+    if method == "synthesis":
+        found, gain = _by_synthesis(knowledge, pixels, encoded, penalty)
+    else:
+        found, gain = (
+            explain(
+                knowledge.ancestry_features(encoded)[0],
+                knowledge.ancestry_centroids,
+                knowledge.ancestry_whitener,
+                penalty,
+            ),
+            None,
+        )
     answer = {
         "parents": [
             {"breed": knowledge.breeds[b], "share": round(s, 4)}
@@ -223,10 +250,34 @@ def answer_ancestry(
         ],
         "ranking": [knowledge.breeds[b] for b in found.ranking[:top]],
         "residual": found.residual,
-        "space": knowledge.ancestry_space,
+        "method": method,
+        "space": "decoder" if method == "synthesis" else knowledge.ancestry_space,
+        "gain": gain,
         "novelty": knowledge.scorer.score(encoded)[0],
     }
     return answer, found
+
+
+def _by_synthesis(knowledge, pixels, encoded, penalty) -> tuple[Explanation, float]:
+    """`explain_by_synthesis` with the model's breeds read as the store's."""
+    model = knowledge.model
+    if not model.conditional:
+        raise DogvaeError(
+            f"a {model.config.model} model's decoder takes no breed: use the latent method"
+        )
+    x = as_tensor(model, pixels)
+    penalty = parent_penalty(len(model.breeds)) if penalty is None else penalty
+    fit = explain_by_synthesis(model, x, encoded.class_log_probs[0], penalty)
+    index = {name: i for i, name in enumerate(knowledge.breeds)}
+    known = [b for b in fit.ranking if model.breeds[b] in index]
+    found = Explanation(
+        parents=[index[model.breeds[b]] for b in fit.parents],
+        shares=fit.shares,
+        ranking=[index[model.breeds[b]] for b in known],
+        residual=fit.nelbo,
+        mixture=encoded.mu[0],
+    )
+    return found, fit.gain
 
 
 def ancestry(
@@ -243,7 +294,7 @@ def ancestry(
     knowledge = knowledge or BreedKnowledge(model, store)
     pixels = read_photos(model, [photo])
     encoded = encode_images(model, pixels)
-    answer, found = answer_ancestry(knowledge, encoded, top, penalty)
+    answer, found = answer_ancestry(knowledge, pixels, encoded, top, penalty)
     result = {"image": str(photo), **answer}
     if out is not None:
         result["picture"] = str(_ancestry_picture(knowledge, pixels, encoded, found, out))
@@ -389,45 +440,75 @@ def evaluate_ancestry(
     penalty: float | None = None,
     knowledge: BreedKnowledge | None = None,
 ) -> dict:
-    """Parent recovery on synthetic mutts by the shipped fit (in `knowledge.ancestry_space`),
-    against nearest-centroid on the codes; and how often a held-out purebred (validation
-    split) is explained as one breed, its own."""
+    """Parent recovery on synthetic mutts by the shipped method (`default_method`), by the
+    latent mixture too where that is not it, and by nearest-centroid on the codes; and how
+    often a held-out purebred (validation split) is explained as one breed, its own."""
     knowledge = knowledge or BreedKnowledge(model, store)
     mutts, paths = read_mutts(mutts_dir, store.breeds)
-    penalty = parent_penalty(len(store.breeds)) if penalty is None else penalty
-    encoded = encode_photo_files(model, paths)
-    centroids, whitener = knowledge.ancestry_centroids, knowledge.ancestry_whitener
-    features = knowledge.ancestry_features(encoded)
-    found = [explain(x, centroids, whitener, penalty) for x in features]
-    share_a = share_of_parent_a(found, mutts)
-    codes, code_centroids = encoded.codes, knowledge.centroids
-    baseline = np.array([nearest_centroids(x, code_centroids) for x in codes])
-    base_share_a = np.array(
+    pixels = np.concatenate(
+        [read_photos(model, paths[i : i + 64]) for i in range(0, len(paths), 64)]
+    )
+    encoded = encode_images(model, pixels)
+    method = default_method(model)
+    report = {
+        "n_mutts": len(mutts),
+        "n_breeds": len(store.breeds),
+        "method": method,
+        "ancestry": _recovery(knowledge, pixels, encoded, mutts, penalty, method),
+        "nearest_centroid": _nearest_centroid_recovery(knowledge, encoded, mutts),
+        "chance_both_parents_top2": 1.0 / (len(store.breeds) * (len(store.breeds) - 1) / 2),
+    }
+    if method != "latent":
+        report["latent"] = _recovery(knowledge, pixels, encoded, mutts, penalty, "latent")
+    report.update(_purebreds_as_one(knowledge, store.val_rows, penalty, method))
+    return report
+
+
+def _explain_all(knowledge, pixels, encoded, penalty, method) -> list[Explanation]:
+    rows = range(len(pixels))
+    return [
+        answer_ancestry(knowledge, pixels[i : i + 1], _row(encoded, i), 3, penalty, method)[1]
+        for i in rows
+    ]
+
+
+def _row(encoded: Encoded, i: int) -> Encoded:
+    return Encoded(*(getattr(encoded, f.name)[i : i + 1] for f in fields(Encoded)))
+
+
+def _recovery(knowledge, pixels, encoded, mutts, penalty, method) -> dict:
+    found = _explain_all(knowledge, pixels, encoded, penalty, method)
+    rankings = np.array([f.ranking[:3] for f in found])
+    recovery = parent_recovery(rankings, share_of_parent_a(found, mutts), mutts)
+    return {**recovery, "mean_parents": float(np.mean([len(f.parents) for f in found]))}
+
+
+def _nearest_centroid_recovery(knowledge, encoded, mutts) -> dict:
+    codes, centroids = encoded.codes, knowledge.centroids
+    baseline = np.array([nearest_centroids(x, centroids) for x in codes])
+    share_a = np.array(
         [
-            _inverse_distance_share(x, code_centroids, r[:2], m.parent_a)
+            _inverse_distance_share(x, centroids, r[:2], m.parent_a)
             for x, r, m in zip(codes, baseline, mutts, strict=True)
         ]
     )
-    val = store.val_rows
-    pure_features = knowledge.ancestry_features(store.as_encoded(val)) if len(val) else []
-    pure = [explain(x, centroids, whitener, penalty) for x in pure_features]
-    pure_single = (
-        np.mean([f.parents == [store.labels[i]] for f, i in zip(pure, val, strict=True)])
-        if pure
-        else None
-    )
-    return {
-        "n_mutts": len(mutts),
-        "n_breeds": len(store.breeds),
-        "penalty": penalty,
-        "space": knowledge.ancestry_space,
-        "ancestry": parent_recovery(np.array([f.ranking for f in found]), share_a, mutts),
-        "nearest_centroid": parent_recovery(baseline, base_share_a, mutts),
-        "chance_both_parents_top2": 1.0 / (len(store.breeds) * (len(store.breeds) - 1) / 2),
-        "mean_parents_per_mutt": float(np.mean([len(f.parents) for f in found])),
-        "purebreds_as_one_breed": None if pure_single is None else float(pure_single),
-        "n_purebreds": len(pure),
-    }
+    return parent_recovery(baseline, share_a, mutts)
+
+
+def _purebreds_as_one(knowledge, rows, penalty, method, limit: int = 200) -> dict:
+    """The share of held-out purebreds (up to `limit`) explained as one breed, their own."""
+    rows = np.asarray(rows)[:limit]
+    if len(rows) == 0:
+        return {"purebreds_as_one_breed": None, "n_purebreds": 0}
+    store = knowledge.store
+    pixels = knowledge.photos_of_rows(rows) if method == "synthesis" else None
+    if method == "synthesis" and pixels is None:
+        return {"purebreds_as_one_breed": None, "n_purebreds": 0}
+    encoded = store.as_encoded(rows)
+    pixels = pixels if pixels is not None else np.zeros((len(rows), 1, 1, 3), np.uint8)
+    found = _explain_all(knowledge, pixels, encoded, penalty, method)
+    own = [f.parents == [store.labels[r]] for f, r in zip(found, rows, strict=True)]
+    return {"purebreds_as_one_breed": float(np.mean(own)), "n_purebreds": len(rows)}
 
 
 def _inverse_distance_share(x, centroids, top2, parent_a) -> float:

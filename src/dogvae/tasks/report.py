@@ -108,29 +108,37 @@ def format_ancestry(result: dict) -> str:
     verdict = (
         " (unlike any training dog: shares are a guess)" if novelty["unlike_training_dogs"] else ""
     )
-    space = "the classifier's breed probabilities" if result["space"] == "classifier" else "codes"
-    lines = [f"{result['image']}{verdict} (a mixture of breeds in {space})"]
+    how = {
+        "decoder": "the breed mixture under which the model finds the photo likeliest",
+        "classifier": "a mixture of breeds in the classifier's probabilities",
+        "codes": "a mixture of breed centroids in latent space",
+    }[result["space"]]
+    lines = [f"{result['image']}{verdict} ({how})"]
     lines += [f"  {p['share']:6.1%}  {p['breed']}" for p in result["parents"]]
     lines.append("  ranked: " + ", ".join(result["ranking"]))
+    if result.get("gain") is not None:
+        lines.append(f"  explains the photo {result['gain']:.1f} nats better than one breed alone")
     lines.append("  " + _novelty_line(novelty))
     return "\n".join(lines + _picture(result))
 
 
 def format_ancestry_evaluation(report: dict) -> str:
     lines = [
-        f"{report['n_mutts']} mutts, {report['n_breeds']} breeds (penalty {report['penalty']:.2f} per extra parent)",
-        f"{'method':18} {'top-2':>7} {'top-3':>7} {'share err':>10}",
+        f"{report['n_mutts']} mutts, {report['n_breeds']} breeds; shipped method: {report['method']}",
+        f"{'method':18} {'top-2':>7} {'top-3':>7} {'share err':>10} {'parents':>8}",
     ]
-    for name in ("ancestry", "nearest_centroid"):
+    for name in ("ancestry", "latent", "nearest_centroid"):
+        if name not in report:
+            continue
         r = report[name]
+        parents = f"{r['mean_parents']:8.2f}" if "mean_parents" in r else f"{'':8}"
         lines.append(
             f"{name:18} {r['both_parents_top2']:7.1%} {r['both_parents_top3']:7.1%} "
-            f"{r['share_error']:10.3f}"
+            f"{r['share_error']:10.3f} {parents}"
         )
     lines.append(f"chance of both parents in the top 2: {report['chance_both_parents_top2']:.1%}")
     lines.append(
-        f"parents per mutt {report['mean_parents_per_mutt']:.2f}; held-out purebreds "
-        f"explained as their one breed: {_share(report['purebreds_as_one_breed'])}"
+        f"held-out purebreds explained as their one breed: {_share(report['purebreds_as_one_breed'])}"
     )
     return "\n".join(lines)
 
