@@ -780,6 +780,20 @@ def _read_last(run: Path, model: BaseVAE) -> dict:
     return {**state, "model": model.state_dict()}
 
 
+def _unusable_best(run: Path, start_epoch: int, epochs: int) -> bool:
+    """Whether the run's best model cannot be loaded (missing or damaged), said on stderr; an
+    error when no epoch is left whose validation could save it again."""
+    fault = checkpoint.best_fault(run)
+    if fault is None:
+        return False
+    if start_epoch >= epochs:
+        raise CheckpointError(
+            f"{fault}; no epoch is left to save it again: resume with --epochs {start_epoch + 1}"
+        )
+    print(f"warning: {fault}; the next validated epoch saves the best model again", file=sys.stderr)
+    return True
+
+
 def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train a model as `cfg` says and return the final summary (also written to metrics.json).
 
@@ -897,6 +911,9 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             resumed_seconds = float(state["epoch_seconds"])
         if rt.main:
             print(f"resuming {run} at epoch {start_epoch + 1}, batch {skip_batches}")
+        saved_best = math.isfinite(best_elbo)  # a run stopped in epoch 1 has none yet
+        if saved_best and _shared_by_main(rt, lambda: _unusable_best(run, start_epoch, cfg.epochs)):
+            best_elbo = math.inf  # the next validation saves the best model afresh
 
     forward = NoisyForward(model)
     if rt.world_size > 1:
