@@ -57,6 +57,7 @@ EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 
 # Settings with a command-line flag, as errors name them; the others are --config fields.
 FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
+MODEL_FLAGS = "--image-size, --latent-dim, --beta, --model or the model section of --config"
 
 # What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
 TRAIN_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False}
@@ -154,7 +155,7 @@ class TrainConfig:
                 {**preset_config(self.preset).to_dict(), **self.model_overrides}
             )
         except ValueError as exc:
-            raise DogvaeError(str(exc)) from exc
+            raise DogvaeError(f"{exc} (set by {MODEL_FLAGS})") from exc
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
