@@ -294,3 +294,14 @@ def test_resume_saves_a_missing_or_damaged_best_model_again(
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
     assert "saves the best model again" in capsys.readouterr().err
     assert dogvae.load(run).info["epoch"] == 2  # whether or not epoch 2 validated better
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(small_data, tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):  # as a read-only --out (root ignores chmod) or a full disk
+        raise PermissionError(13, "Permission denied", args[1])
+
+    monkeypatch.setattr(checkpoint, "save_file", read_only)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(small_data), "--out", str(run), "--epochs", "1"]
+    assert main([*args, "--batch-size", "8", "--image-size", "32", "--model", "vae"]) == 2
+    assert "cannot save a checkpoint there (Permission denied)" in assert_one_line(capsys, str(run))

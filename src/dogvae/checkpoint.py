@@ -107,6 +107,16 @@ def save_checkpoint(
     them by hash. What is not given is carried over from the previous generation. Returns the
     new generation's folder."""
     run = Path(run)
+    try:
+        return _save_generation(run, last, best)
+    except OSError as exc:
+        raise CheckpointError(
+            f"--out {run}: cannot save a checkpoint there ({exc.strerror or exc}); make it "
+            "writable (or free space) and resume, or choose another --out"
+        ) from exc
+
+
+def _save_generation(run: Path, last, best) -> Path:
     tidy(run)
     previous = checkpoint_folder(run)
     generations = run / GENERATIONS
