@@ -903,6 +903,10 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             ema.load_state_dict(state["ema"])
         start_epoch, skip_batches = int(state["epoch"]), int(state["batch_in_epoch"])
         best_elbo = float(state["best_elbo"])
+        # checked before the RNG is restored: loading the best model builds one, drawing from it
+        saved_best = math.isfinite(best_elbo)  # a run stopped in epoch 1 has none yet
+        if saved_best and _shared_by_main(rt, lambda: _unusable_best(run, start_epoch, cfg.epochs)):
+            best_elbo = math.inf  # the next validation saves the best model afresh
         history = json.loads(state.get("history", "{}"))
         torch.set_rng_state(state["rng"])
         if rt.device.type == "cuda" and "cuda_rng" in state:
@@ -912,9 +916,6 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             resumed_seconds = float(state["epoch_seconds"])
         if rt.main:
             print(f"resuming {run} at epoch {start_epoch + 1}, batch {skip_batches}")
-        saved_best = math.isfinite(best_elbo)  # a run stopped in epoch 1 has none yet
-        if saved_best and _shared_by_main(rt, lambda: _unusable_best(run, start_epoch, cfg.epochs)):
-            best_elbo = math.inf  # the next validation saves the best model afresh
 
     forward = NoisyForward(model)
     if rt.world_size > 1:
