@@ -17,6 +17,7 @@ import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -509,3 +510,14 @@ def test_store_built_at_start_up_when_missing(tiny_run, tmp_path):
     served = ServedRun(run)
     assert (run / "latents.npz").is_file() and served.store is not None
     assert len(served.store) == len(open_store(model, run, progress=False))
+
+
+@pytest.mark.parametrize("name", ["狗.jpg", "щенок.png", "chien-été.jpg"])
+def test_a_photo_named_in_any_script_downloads_as_a_strip(client, served, dogs, name):
+    ref = client.post("/api/photos", files=upload(dogs[0], name)).json()["photo"]["ref"]
+    strip = client.get("/api/mix/strip.png", params={"a": ref, "b": served.breeds[0]})
+    assert strip.status_code == 200, strip.text
+    disposition = strip.headers["content-disposition"]
+    disposition.encode("ascii")  # a fallback for old clients, then the name itself (RFC 5987)
+    stem = name.rsplit(".", 1)[0]
+    assert f"filename*=UTF-8''dogvae-mix-{quote(stem)}-" in disposition, disposition

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import dogvae.train as train_module
 from dogvae import checkpoint
 from dogvae.atomic import CRASH_ENV
 from dogvae.cli import main
+from dogvae.errors import CheckpointError
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
 
@@ -203,3 +205,103 @@ def test_a_run_moved_or_copied_keeps_loading_and_resuming(small_data, tmp_path):
     train(TrainConfig(**config(small_data, followed, resume=True)))
     assert (followed / checkpoint.CURRENT).is_symlink()
     assert logged_epochs(followed) == [1, 2] and leftovers(followed) == []
+
+
+@pytest.fixture(scope="module")
+def one_epoch(small_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("one-epoch") / "run"
+    train(TrainConfig(**config(small_data, run, epochs=1)))
+    return run
+
+
+def damaged_copy(run, tmp_path, name: str, damage: str):
+    """A copy of `run` with its current `name` damaged as `damage` says."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    path = checkpoint.checkpoint_folder(copy) / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped":
+        data[0] ^= 0xFF
+    elif damage == "empty":
+        data = b""
+    elif damage == "pickle":
+        data = pickle.dumps({"epoch": 1, "payload": Exception("not a tensor")})
+    elif damage == "not_utf8":
+        data = b'\xff\xfe{"format": 1}'
+    elif damage == "not_an_object":
+        data = b"[1, 2]"
+    path.unlink()  # the file is hard-linked with the original run's
+    path.write_bytes(data)
+    return copy
+
+
+def assert_one_line(capsys, name: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "weights_only=False" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("dogvae: error: ")]
+    assert len(errors) == 1 and name in errors[0], err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("state.pt", "truncated"), ("state.pt", "flipped"), ("state.pt", "empty"),
+        ("state.pt", "pickle"), ("last.safetensors", "truncated"),
+        ("last.safetensors", "flipped"), ("last.safetensors", "empty"),
+    ],
+)  # fmt: skip
+def test_a_damaged_training_state_or_last_weights_is_one_line_on_resume(
+    one_epoch, tmp_path, capsys, name, damage
+):
+    run = damaged_copy(one_epoch, tmp_path, name, damage)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    assert_one_line(capsys, name)
+    assert dogvae.load(run).info["epoch"] == 1  # the best model does not need them
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("model.safetensors", "truncated"), ("model.safetensors", "flipped"),
+        ("model.safetensors", "empty"), ("config.json", "not_utf8"),
+        ("config.json", "not_an_object"), ("config.json", "empty"),
+    ],
+)  # fmt: skip
+def test_a_damaged_best_model_is_one_line_for_load_and_identify(
+    one_epoch, small_data, tmp_path, capsys, name, damage
+):
+    run = damaged_copy(one_epoch, tmp_path, name, damage)
+    with pytest.raises(CheckpointError, match=name):
+        dogvae.load(run)
+    photo = next((small_data / "train").iterdir())
+    assert main(["identify", str(run), str(photo)]) == 2
+    assert_one_line(capsys, name)
+
+
+@pytest.mark.parametrize("damage", ["missing", "flipped"])
+def test_resume_saves_a_missing_or_damaged_best_model_again(
+    one_epoch, tmp_path, capsys, one_thread, damage
+):
+    run = damaged_copy(one_epoch, tmp_path, "model.safetensors", "flipped")
+    if damage == "missing":
+        (checkpoint.checkpoint_folder(run) / "model.safetensors").unlink()
+    # no epoch left to train: refused, rather than a finished run with no model to load
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 2
+    assert "--epochs 2" in assert_one_line(capsys, "model.safetensors")
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert "saves the best model again" in capsys.readouterr().err
+    assert dogvae.load(run).info["epoch"] == 2  # whether or not epoch 2 validated better
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(small_data, tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):  # as a read-only --out (root ignores chmod) or a full disk
+        raise PermissionError(13, "Permission denied", args[1])
+
+    monkeypatch.setattr(checkpoint, "save_file", read_only)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(small_data), "--out", str(run), "--epochs", "1"]
+    assert main([*args, "--batch-size", "8", "--image-size", "32", "--model", "vae"]) == 2
+    assert "cannot save a checkpoint there (Permission denied)" in assert_one_line(capsys, str(run))

@@ -340,3 +340,47 @@ def test_real_sample_photos_load_with_thirty_per_breed():
     assert len(images.breeds) == 10
     assert np.bincount(images.labels).tolist() == [30] * 10
     assert images.skipped == []
+
+
+@pytest.fixture
+def read_only_cache(monkeypatch):
+    """Make every write, rename and delete inside $DOGVAE_CACHE fail as a read-only folder does
+    (the tests run as root, whom a chmod does not stop)."""
+    folder = Path(os.environ["DOGVAE_CACHE"]).resolve()
+
+    def refuse_inside(real):
+        def guarded(path, *args, **kwargs):
+            if kwargs.get("mode") != "r" and Path(path).resolve().is_relative_to(folder):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        return guarded
+
+    def read_only():
+        monkeypatch.setattr(Path, "unlink", refuse_inside(Path.unlink))
+        monkeypatch.setattr(Path, "write_text", refuse_inside(Path.write_text))
+        monkeypatch.setattr(cache.os, "replace", refuse_inside(os.replace))
+        monkeypatch.setattr(np.lib.format, "open_memmap", refuse_inside(np.lib.format.open_memmap))
+
+    return read_only
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_valid_cache_in_a_read_only_folder_loads(tmp_path, capsys, read_only_cache, broken):
+    root = (
+        make_broken_kaggle(tmp_path / "dogs")
+        if broken
+        else make_kaggle(tmp_path / "dogs", {"pug": 2})
+    )
+    first = load(root)
+    read_only_cache()
+    again = load(root)
+    assert np.array_equal(again.images, first.images) and again.skipped == first.skipped
+    if broken:
+        assert "no list: " in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_read_only_cache_folder_that_must_be_built_is_one_line(dogs, read_only_cache):
+    read_only_cache()
+    with pytest.raises(DataError, match="cannot write the image cache in .*set DOGVAE_CACHE"):
+        load(dogs)

@@ -207,3 +207,16 @@ def test_kaggle_folder_whose_files_are_all_missing_says_why(tmp_path):
 def test_skip_counts_follow_the_reason_order():
     skips = [Skip("a", "no_label"), Skip("b", "truncated"), Skip("c", "no_label")]
     assert list(count_by_reason(skips).items()) == [("truncated", 1), ("no_label", 2)]
+
+
+@pytest.mark.parametrize("layout", ["plain", "folders"])
+def test_a_link_back_to_the_data_folder_is_a_skip_not_a_breed(tmp_path, layout):
+    root = tmp_path / "data"
+    touch(root / ("a.jpg" if layout == "plain" else "pug/a.jpg"))
+    (root / "loop").symlink_to(".")
+    (root / "up").symlink_to("..")
+    catalog = scan(root)
+    assert catalog.layout == layout
+    assert [r.id for r in catalog.records] == ["a" if layout == "plain" else "pug/a"]
+    assert catalog.breeds == ([] if layout == "plain" else ["pug"])
+    assert reasons(catalog.skipped) == {"link_loop": 2}

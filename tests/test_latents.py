@@ -12,7 +12,7 @@ from conftest import TINY_MODEL
 from dogvae import checkpoint
 from dogvae.data.cache import load_images
 from dogvae.data.split import stratified_split
-from dogvae.errors import DataError
+from dogvae.errors import DataError, DogvaeError
 from dogvae.latents import (
     STORE_FILE,
     LatentStore,
@@ -161,3 +161,28 @@ def test_code_gap_is_the_models_code_length_minus_the_pngs(synth_data, tmp_path)
         mu, logvar = model.encode(x)
         bits = model_bits(model, x, model.decode_logits(mu), mu, logvar).numpy()
     np.testing.assert_allclose(encoded.code_gap, bits - png_bits(images), rtol=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_store_is_rebuilt_or_one_line_without_its_data(synth_data, tmp_path, damage):
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    run = tmp_path / "run"
+    model = save_untrained_run(run, data, seed=0)
+    first = open_store(model, run, progress=False)
+
+    def damage_store():
+        store = bytearray((run / STORE_FILE).read_bytes())
+        if damage == "truncated":
+            store = store[: len(store) // 2]
+        else:
+            store[len(store) // 2] ^= 0xFF
+        (run / STORE_FILE).write_bytes(store)
+
+    damage_store()
+    rebuilt = open_store(model, run, progress=False)
+    assert rebuilt.encoded and np.array_equal(rebuilt.mu, first.mu)
+    damage_store()
+    shutil.rmtree(data)
+    with pytest.raises(DogvaeError, match=f"{STORE_FILE} is not a readable latent store"):
+        open_store(model, run, progress=False)

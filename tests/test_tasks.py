@@ -22,7 +22,7 @@ from dogvae.tasks import (
     sample_dogs,
 )
 from dogvae.tasks.knowledge import BreedKnowledge
-from dogvae.tasks.probe import PROBE_FILE
+from dogvae.tasks.probe import PROBE_FILE, breed_probe, load_probe
 
 BREEDS = 4
 
@@ -287,3 +287,19 @@ def test_identify_folder_writes_the_kaggle_submission_layout(
     for entry in one["top"]:  # the same photo alone gets the same probabilities, to 6 digits
         assert table[mutts[0].stem][entry["breed"]] == pytest.approx(entry["probability"], rel=1e-5)
     assert sum(table[mutts[1].stem].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_probe_file_is_refitted(loaded, tiny_run, damage):
+    model, store = loaded
+    run = tiny_run[0]
+    fitted = breed_probe(store, run)
+    saved = bytearray((run / PROBE_FILE).read_bytes())
+    if damage == "truncated":
+        saved = saved[: len(saved) // 2]
+    else:
+        saved[len(saved) // 2] ^= 0xFF
+    (run / PROBE_FILE).write_bytes(saved)
+    refitted = breed_probe(store, run)
+    assert refitted.kind == fitted.kind and refitted.report == fitted.report
+    assert load_probe(store, run / PROBE_FILE).report == fitted.report  # saved again

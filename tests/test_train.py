@@ -425,6 +425,9 @@ def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, capsys, content
         (["--lr", "nan"], "--lr must be a positive number, not nan"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--label-fraction", "0"], "--label-fraction must be in (0, 1], not 0.0"),
+        (["--image-size", "0"], "image_size 0 must be a positive multiple of 2^4"),
+        (["--image-size", "-32"], "image_size -32 must be a positive multiple of 2^4"),
+        (["--latent-dim", "-2"], "latent_dim must be at least 1"),
     ],
 )
 def test_a_setting_no_run_can_train_with_is_one_line_naming_its_flag(

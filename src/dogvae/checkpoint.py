@@ -25,13 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import platform
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import dogvae
@@ -105,6 +107,16 @@ def save_checkpoint(
     them by hash. What is not given is carried over from the previous generation. Returns the
     new generation's folder."""
     run = Path(run)
+    try:
+        return _save_generation(run, last, best)
+    except OSError as exc:
+        raise CheckpointError(
+            f"--out {run}: cannot save a checkpoint there ({exc.strerror or exc}); make it "
+            "writable (or free space) and resume, or choose another --out"
+        ) from exc
+
+
+def _save_generation(run: Path, last, best) -> Path:
     tidy(run)
     previous = checkpoint_folder(run)
     generations = run / GENERATIONS
@@ -212,9 +224,35 @@ def last_run_info(run: Path) -> dict | None:
         return None
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return json.loads((fh.metadata() or {})["dogvae"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
+            info = json.loads((fh.metadata() or {})["dogvae"])
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}){DAMAGED}") from exc
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: unreadable checkpoint (its metadata is not an object)")
+    return info
+
+
+DAMAGED = "; the file is damaged: restore it from a copy of the run"
+
+
+def _read_state(path: Path) -> dict:
+    """state.pt as saved: tensors and numbers only, so loading it runs no code. A damaged file,
+    or one holding anything else (a pickle of other objects), is refused in one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # its message suggests weights_only=False: never
+        raise CheckpointError(
+            f"{path} is not a training state dogvae wrote: damaged, or a pickle of other "
+            f"objects than tensors and numbers (refused: loading those could run code){DAMAGED}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        reason = str(exc).split(". ")[0] or type(exc).__name__  # torch's first sentence
+        raise CheckpointError(
+            f"{path} is not a readable training state ({reason}){DAMAGED}"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a dogvae training state{DAMAGED}")
+    return state
 
 
 def _require(path: Path, what: str) -> Path:
@@ -240,16 +278,23 @@ def _read_config_in(folder: Path) -> dict:
         folder / CONFIG, "this folder holds no trained dogvae model (run `dogvae train`)"
     )
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise CheckpointError(f"{path} is not valid JSON ({exc}){DAMAGED}") from exc
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(info).__name__}")
     if info.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {info.get('format')!r}, expected {FORMAT}")
     return info
 
 
 def _load_into(model: BaseVAE, path: Path) -> None:
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}){DAMAGED}"
+        ) from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -317,12 +362,22 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
     return model.to(pick_device(device)).eval()
 
 
+def best_fault(run: str | Path) -> str | None:
+    """Why `load(run)` refuses the run's best model (missing, damaged, or not the weights its
+    config.json vouches for), or None when it loads."""
+    try:
+        load(run)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def load_last(run: Path, model: BaseVAE) -> dict:
     """Restore the latest weights into `model` and return the training state to resume from."""
     folder = checkpoint_folder(run)
     state_path = _require(folder / STATE, "nothing to resume: no training state saved in this run")
     weights = _require(folder / LAST_WEIGHTS, "nothing to resume: no last weights in this run")
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = _read_state(state_path)
     if state.get("weights_sha256") != sha256_file(weights):
         raise CheckpointError(f"{weights} does not match {state_path}: cannot resume safely")
     _load_into(model, weights)

@@ -23,6 +23,7 @@ import hashlib
 import io
 import math
 import sys
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -173,7 +174,7 @@ class LatentStore:
                     data_key=str(f["data_key"]),
                     data=str(f["data"]),
                 )
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DogvaeError(f"{path} is not a readable latent store ({exc})") from exc
 
 

@@ -117,9 +117,10 @@ class VAEConfig:
                 f"blocks_per_stage needs one non-negative count per stage ({depth}), "
                 f"got {self.blocks_per_stage}"
             )
-        if depth == 0 or self.image_size % (2**depth):
+        if depth == 0 or self.image_size < 2**depth or self.image_size % (2**depth):
             problems.append(
-                f"image_size {self.image_size} must be divisible by 2^{depth} (one halving per stage)"
+                f"image_size {self.image_size} must be a positive multiple of 2^{depth} "
+                "(one halving per stage)"
             )
         if self.latent_dim < 1:
             problems.append("latent_dim must be at least 1")

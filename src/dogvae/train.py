@@ -57,6 +57,7 @@ EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 
 # Settings with a command-line flag, as errors name them; the others are --config fields.
 FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
+MODEL_FLAGS = "--image-size, --latent-dim, --beta, --model or the model section of --config"
 
 # What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
 TRAIN_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False}
@@ -154,7 +155,7 @@ class TrainConfig:
                 {**preset_config(self.preset).to_dict(), **self.model_overrides}
             )
         except ValueError as exc:
-            raise DogvaeError(str(exc)) from exc
+            raise DogvaeError(f"{exc} (set by {MODEL_FLAGS})") from exc
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -780,6 +781,20 @@ def _read_last(run: Path, model: BaseVAE) -> dict:
     return {**state, "model": model.state_dict()}
 
 
+def _unusable_best(run: Path, start_epoch: int, epochs: int) -> bool:
+    """Whether the run's best model cannot be loaded (missing or damaged), said on stderr; an
+    error when no epoch is left whose validation could save it again."""
+    fault = checkpoint.best_fault(run)
+    if fault is None:
+        return False
+    if start_epoch >= epochs:
+        raise CheckpointError(
+            f"{fault}; no epoch is left to save it again: resume with --epochs {start_epoch + 1}"
+        )
+    print(f"warning: {fault}; the next validated epoch saves the best model again", file=sys.stderr)
+    return True
+
+
 def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train a model as `cfg` says and return the final summary (also written to metrics.json).
 
@@ -888,6 +903,10 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dic
             ema.load_state_dict(state["ema"])
         start_epoch, skip_batches = int(state["epoch"]), int(state["batch_in_epoch"])
         best_elbo = float(state["best_elbo"])
+        # checked before the RNG is restored: loading the best model builds one, drawing from it
+        saved_best = math.isfinite(best_elbo)  # a run stopped in epoch 1 has none yet
+        if saved_best and _shared_by_main(rt, lambda: _unusable_best(run, start_epoch, cfg.epochs)):
+            best_elbo = math.inf  # the next validation saves the best model afresh
         history = json.loads(state.get("history", "{}"))
         torch.set_rng_state(state["rng"])
         if rt.device.type == "cuda" and "cuda_rng" in state:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
@@ -228,12 +228,21 @@ def mix_strip(
     end_a, end_b = served.mix_end(a, breed_as), served.mix_end(b, breed_as)
     picture = served.mix_strip(end_a, end_b, steps, method)
     name = f"dogvae-mix-{_slug(end_a.label)}-{_slug(end_b.label)}.png"
-    headers = {**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'}
+    headers = {**NO_STORE, "Content-Disposition": _attachment(name)}
     return Response(png_bytes(picture), media_type="image/png", headers=headers)
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-")[:40] or "dog"
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition header for `name`: headers are Latin-1, so a name with other
+    letters ("狗.jpg") goes as RFC 5987's `filename*`, after an ASCII fallback."""
+    fallback = "".join(c if c.isascii() else "_" for c in name)
+    if fallback == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}"
 
 
 @router.get("/sample", response_model=schemas.SampleResult, responses=BREED_ERRORS, tags=["sample"])

@@ -22,7 +22,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,7 +112,13 @@ def load_images(
     files = _CacheFiles(_writable_cache_dir(cache_dir), cache_key(catalog, size, crop))
     meta = _read_valid_meta(files)
     if meta is None:
-        meta = _build_cache(catalog, files, size, crop, strict, progress, workers)
+        try:
+            meta = _build_cache(catalog, files, size, crop, strict, progress, workers)
+        except OSError as exc:
+            raise DataError(
+                f"cannot write the image cache in {files.folder} ({exc.strerror or exc}); "
+                "set DOGVAE_CACHE to a writable folder"
+            ) from exc
     image_set = _image_set(catalog, files, meta)
     if strict and image_set.skipped:
         raise _as_error(image_set.skipped[0])
@@ -249,7 +255,8 @@ def _build_cache(
         return meta
     finally:
         for path in temporaries:
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # a read-only folder refuses even this
+                path.unlink(missing_ok=True)
 
 
 def _decode_all(
@@ -379,7 +386,8 @@ def _image_set(catalog: Catalog, files: _CacheFiles, meta: dict[str, Any]) -> Im
 def _report_skips(image_set: ImageSet, files: _CacheFiles, n_candidates: int) -> None:
     """One line on stderr and a JSON list beside the cache while anything is skipped."""
     if not image_set.skipped:
-        files.skip_report.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only cache folder: a stale list stays, unread
+            files.skip_report.unlink(missing_ok=True)
         return
     report = {
         "root": image_set.root,
@@ -387,13 +395,19 @@ def _report_skips(image_set: ImageSet, files: _CacheFiles, n_candidates: int) ->
             {"path": s.path, "reason": s.reason, "detail": s.detail} for s in image_set.skipped
         ],
     }
+    where = f"list in {files.skip_report}"
     temporary = files.temporary(".json")
-    temporary.write_text(json.dumps(report, indent=1))
-    os.replace(temporary, files.skip_report)
+    try:
+        temporary.write_text(json.dumps(report, indent=1))
+        os.replace(temporary, files.skip_report)
+    except OSError as exc:  # a read-only cache folder still serves the set
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        where = f"no list: {files.folder} is not writable ({exc.strerror or exc})"
     counts = ", ".join(f"{n} {reason}" for reason, n in count_by_reason(image_set.skipped).items())
     print(
         f"skipped {len(image_set.skipped)} of {n_candidates} files: {counts} "
-        f"(see `dogvae inspect`; list in {files.skip_report})",
+        f"(see `dogvae inspect`; {where})",
         file=sys.stderr,
     )
 

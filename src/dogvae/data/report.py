@@ -15,7 +15,7 @@ whose keys are stable (`schema_version` changes if they ever do):
 - `skipped` ({reason: {"count": int, "examples": [str]}}): per reason, up to 5 paths relative to
   `root` (label rows as `labels.csv:LINE`); reasons: `empty_file`, `truncated`,
   `not_an_image`, `too_many_pixels`, `unreadable`, `missing_file`, `no_label`, `duplicate_id`,
-  `bad_label_row`
+  `bad_label_row`, `link_loop`
 - `sizes` ({"width": {"min", "median", "max"}, "height": {...}}): pixels of the usable images as
   shown (after EXIF rotation); the median is the lower median, a real image's size; all null
   when no image is usable

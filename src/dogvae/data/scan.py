@@ -10,7 +10,8 @@ Three layouts are recognised, tried in this order:
 
 Scanning reads names and the label file only, never pixels; files that decode badly are found
 later (`decode.py`). Label problems become `Skip`s with reasons `missing_file`, `no_label`,
-`duplicate_id` and `bad_label_row`.
+`duplicate_id` and `bad_label_row`; a folder linking back to the data folder or above is a
+`link_loop`, never a breed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SKIP_REASONS = (
     "no_label",
     "duplicate_id",
     "bad_label_row",
+    "link_loop",
 )
 
 
@@ -96,6 +98,7 @@ def scan(root: str | Path, *, include_unlabelled: bool = True) -> Catalog:
         catalog = _scan_folders(root / "Images")
     else:
         catalog = _scan_plain(root)
+    catalog.skipped += _loop_skips(catalog.root)
     if not catalog.records:
         raise DataError(_nothing_found_message(catalog))
     if not include_unlabelled:
@@ -123,8 +126,26 @@ def _image_files(folder: Path) -> list[Path]:
 def _breed_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not _links_back(p, root)
+    )
     return [d for d in subdirs if _image_files(d)]
+
+
+def _links_back(folder: Path, root: Path) -> bool:
+    """Whether `folder` is a link to `root` or a folder above it (`ln -s . loop`): read as a
+    breed it would give the same photos again, under another name."""
+    return folder.is_symlink() and root.resolve().is_relative_to(folder.resolve())
+
+
+def _loop_skips(root: Path) -> list[Skip]:
+    return [
+        Skip(str(p), "link_loop", f"links back to {p.resolve()}")
+        for p in sorted(root.iterdir())
+        if p.is_dir() and _links_back(p, root)
+    ]
 
 
 def breed_from_folder(name: str) -> str:

@@ -11,6 +11,7 @@ when the latent store changes.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,9 +199,17 @@ def save_probe(probe: BreedProbe, store: LatentStore, path: Path) -> None:
 
 
 def load_probe(store: LatentStore, path: Path) -> BreedProbe | None:
-    """The saved probe when it was fitted on this very store, else None."""
+    """The saved probe when it was fitted on this very store, else None (a damaged file too:
+    the probe is refitted)."""
     if not path.exists():
         return None
+    try:
+        return _read_probe(store, path)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _read_probe(store: LatentStore, path: Path) -> BreedProbe | None:
     with np.load(path, allow_pickle=False) as f:
         made_from = (str(f.get("format")), str(f["weights_sha256"]), str(f["data_key"]))
         if made_from != (PROBE_FORMAT, store.weights_sha256, store.data_key):
