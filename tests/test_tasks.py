@@ -21,7 +21,9 @@ from dogvae.tasks import (
     reconstruct_photos,
     sample_dogs,
 )
+from dogvae.tasks.identify import answer_identify
 from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.non_dogs import encode_pictures, flag_rates, non_dog_pictures
 from dogvae.tasks.probe import PROBE_FILE
 
 BREEDS = 4
@@ -156,6 +158,29 @@ def test_a_diagram_is_flagged_as_unlike_any_training_dog(loaded, tmp_path):
     named = identify(model, store, page)
     assert named["novelty"]["unlike_training_dogs"] and named["breed"] is None
     assert ancestry(model, store, page)["novelty"]["unlike_training_dogs"]
+
+
+def test_most_non_dog_pictures_are_flagged_and_keep_their_unreliable_breeds(loaded):
+    """20+ distinct pictures of other things: the verdict, through `answer_identify`, calls
+    most of them unlike any training dog (no breed named, nearest breeds still listed: 26 of
+    36 on this model), while at most one of the 16 validation dogs is (about 1 in 100
+    by construction)."""
+    model, store = loaded
+    knowledge = BreedKnowledge(model, store)
+    pictures = non_dog_pictures()
+    assert len(pictures) >= 20
+    assert len({p.name for p in pictures}) == len({p.data for p in pictures}) == len(pictures)
+    encoded = encode_pictures(model, pictures)
+    answers = [answer_identify(knowledge, encoded.rows([i])) for i in range(len(pictures))]
+    flagged = [a for a in answers if a["novelty"]["unlike_training_dogs"]]
+    assert all(a["breed"] is None and len(a["top"]) == BREEDS for a in flagged)
+    assert len(flagged) >= 0.6 * len(pictures), [
+        p.name for p, a in zip(pictures, answers, strict=True) if a not in flagged
+    ]
+    rates = flag_rates(knowledge.scorer, encoded)
+    assert rates["verdict"] == len(flagged) / len(pictures)
+    val = store.val_rows  # 16 dogs: the 99th percentile lies between the two oddest
+    assert flag_rates(knowledge.scorer, store.as_encoded(val))["verdict"] * len(val) <= 1
 
 
 def test_clusters_score_against_breeds_and_draw_a_map(loaded, tmp_path):
