@@ -211,12 +211,14 @@ def test_sample_repeats_with_a_seed_and_samples_around_a_breed(client, served):
     first = client.get("/api/sample", params={"n": 4, "seed": 7}).json()
     again = client.get("/api/sample", params={"n": 4, "seed": 7}).json()
     other = client.get("/api/sample", params={"n": 4, "seed": 8}).json()
-    assert first == again and first["images"] != other["images"] and first["source"] == "prior"
+    assert first == again and first["images"] != other["images"] and first["source"] == "gmm"
     assert [pixels(u).shape for u in first["images"]] == [(32, 32, 3)] * 4
+    prior = client.get("/api/sample", params={"n": 4, "seed": 7, "source": "prior"}).json()
+    assert prior["source"] == prior["sampler"] == "prior" and prior["images"] != first["images"]
     unseeded = client.get("/api/sample").json()
     assert unseeded["n"] == 8 and isinstance(unseeded["seed"], int)
     breed = client.get("/api/sample", params={"breed": served.breeds[2], "n": 2}).json()
-    assert breed["source"] == served.breeds[2]
+    assert breed["source"] == served.breeds[2] and breed["sampler"] == "breed"
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -327,6 +329,7 @@ FUZZ_VALUES = {
     "n": (["1", "8", "64"], ["0", "65", "-1", "1e3"]),
     "temperature": (["0", "1", "3"], ["3.5", "-1", "nan"]),
     "seed": (["0", "7", "4294967295"], ["4294967296", "-1", "x"]),
+    "source": (["gmm", "prior"], ["vamp", ""]),
 }
 JUNK_NAMES = ["", " ", "breed:", "photo:", "gallery:", "photo:zz", "../../etc/passwd", "%00",
               "\u00e9\u2603", "x" * 300]  # fmt: skip
@@ -356,7 +359,7 @@ def test_fuzzed_uploads_and_parameters_get_an_answer_or_a_4xx_never_a_500(client
     queries = {
         "/api/mix/frame.png": ["a", "b", "t", "method", "breed_as"],
         "/api/mix/strip.png": ["a", "b", "steps", "method", "breed_as"],
-        "/api/sample": ["n", "temperature", "seed", "breed"],
+        "/api/sample": ["n", "temperature", "seed", "breed", "source"],
     }
     statuses = []
     for _ in range(200):
@@ -424,7 +427,8 @@ def test_without_a_latent_store_breed_questions_answer_503_and_the_rest_works(
         assert c.post("/api/reconstruct", files=upload(dogs[0])).status_code == 200
         two = {"image_a": upload(dogs[0])["image"], "image_b": upload(dogs[1])["image"]}
         assert c.post("/api/mix", files=two).status_code == 200
-        assert c.get("/api/sample").status_code == 200
+        assert c.get("/api/sample", params={"source": "prior"}).status_code == 200
+        assert_problem(c.get("/api/sample"), 503, "no_latent_store")  # the mixture needs it
         gallery = c.get("/api/gallery").json()
         assert gallery["images"] == [] and "--data" in gallery["message"]
 

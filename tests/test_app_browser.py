@@ -98,6 +98,19 @@ def test_upload_a_dog_read_its_breed_and_slide_the_mix_in_chromium(chromium, tin
                 page.click("#save-strip")
             assert Path(download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+            # New dogs: the training codes' mixture by default, the prior on request, the
+            # same dogs as the API's for seed 0
+            for source in ("gmm", "prior"):
+                page.select_option("#sample-source", source)
+                wanted = httpx.get(
+                    f"{url}/api/sample", params={"n": 12, "seed": 0, "source": source}, timeout=30
+                ).json()["images"]
+                page.wait_for_function(
+                    "src => document.querySelector('#samples img')?.src === src", arg=wanted[0]
+                )
+                shown = page.eval_on_selector_all("#samples img", "imgs => imgs.map(i => i.src)")
+                assert shown == wanted
+
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             print(f"screenshot: {tmp_path / 'page.png'}")

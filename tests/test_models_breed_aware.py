@@ -346,10 +346,11 @@ def test_cli_samples_a_breed_from_the_cvae_decoder_without_a_latent_store(
 ):
     model = checkpoint.load(breed_cvae_run)
     out = tmp_path / "breed.png"
-    assert main(["sample", str(breed_cvae_run), "--breed", model.breeds[1], "--out", str(out),
-                 "--json"]) == 0  # fmt: skip
+    assert main(["sample", str(breed_cvae_run), "--breed", model.breeds[1], "--source", "prior",
+                 "--out", str(out), "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["source"] == model.breeds[1] and result["method"] == "decoder"
+    assert result["sampler"] == "prior"
     assert out.exists() and not (breed_cvae_run / STORE_FILE).exists()
 
 

@@ -3,12 +3,14 @@ breeds, probabilities and shares for the same photo, for every kind of model."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import train_tiny_run
 from PIL import Image
 
@@ -19,6 +21,7 @@ from dogvae.app import create_app  # noqa: E402
 from dogvae.app.service import ServedRun  # noqa: E402
 from dogvae.cli import main  # noqa: E402
 from dogvae.latents import open_store  # noqa: E402
+from dogvae.pictures import image_grid  # noqa: E402
 from dogvae.tasks import ancestry, identify, reconstruct_photos  # noqa: E402
 
 with warnings.catch_warnings():
@@ -103,3 +106,23 @@ def test_a_breed_mix_is_one_picture_through_cli_and_web(doors, run, tmp_path, ca
     assert strip.status_code == 200
     web = np.asarray(Image.open(io.BytesIO(strip.content)))
     assert np.array_equal(np.asarray(Image.open(out)), web)
+
+
+def test_a_sample_is_one_picture_through_cli_and_web(doors, run, tmp_path, capsys):
+    """`dogvae sample` and /api/sample draw the same dogs for the same seed and source: the
+    CLI's grid is the web's images laid out."""
+    model, _, client, _ = doors
+    for source in ("gmm", "prior"):
+        out = tmp_path / f"{source}.png"
+        command = cli_json(
+            capsys, "sample", run[0], "--n", "4", "--seed", "5", "--source", source, "--out", out
+        )
+        page = client.get("/api/sample", params={"n": 4, "seed": 5, "source": source}).json()
+        assert command["source"] == page["source"] == page["sampler"] == source
+        tiles = torch.from_numpy(np.stack([data_url_pixels(u) for u in page["images"]]))
+        grid = image_grid(tiles.permute(0, 3, 1, 2) / 255, ncols=2, scale=96 // 32)
+        assert np.array_equal(np.asarray(Image.open(out)), np.asarray(grid))
+
+
+def data_url_pixels(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))

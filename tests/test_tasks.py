@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import train_tiny_run
 from PIL import Image, ImageDraw
@@ -11,6 +13,7 @@ from PIL import Image, ImageDraw
 from dogvae import checkpoint
 from dogvae.cli import main
 from dogvae.latents import open_store
+from dogvae.metrics import frechet_distance, gaussian_frechet_distance
 from dogvae.tasks import (
     ancestry,
     cluster_latents,
@@ -21,8 +24,11 @@ from dogvae.tasks import (
     reconstruct_photos,
     sample_dogs,
 )
+from dogvae.tasks.identify import answer_identify
 from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.non_dogs import encode_pictures, flag_rates, non_dog_pictures
 from dogvae.tasks.probe import PROBE_FILE, breed_probe, load_probe
+from dogvae.tasks.sample import MIXTURE_COMPONENTS, MIXTURE_FILE, latent_mixture, load_mixture
 
 BREEDS = 4
 
@@ -170,6 +176,29 @@ def test_a_diagram_is_flagged_as_unlike_any_training_dog(loaded, tmp_path):
     assert ancestry(model, store, page)["novelty"]["unlike_training_dogs"]
 
 
+def test_most_non_dog_pictures_are_flagged_and_keep_their_unreliable_breeds(loaded):
+    """20+ distinct pictures of other things: the verdict, through `answer_identify`, calls
+    most of them unlike any training dog (no breed named, nearest breeds still listed: 26 of
+    36 on this model), while at most one of the 16 validation dogs is (about 1 in 100
+    by construction)."""
+    model, store = loaded
+    knowledge = BreedKnowledge(model, store)
+    pictures = non_dog_pictures()
+    assert len(pictures) >= 20
+    assert len({p.name for p in pictures}) == len({p.data for p in pictures}) == len(pictures)
+    encoded = encode_pictures(model, pictures)
+    answers = [answer_identify(knowledge, encoded.rows([i])) for i in range(len(pictures))]
+    flagged = [a for a in answers if a["novelty"]["unlike_training_dogs"]]
+    assert all(a["breed"] is None and len(a["top"]) == BREEDS for a in flagged)
+    assert len(flagged) >= 0.6 * len(pictures), [
+        p.name for p, a in zip(pictures, answers, strict=True) if a not in flagged
+    ]
+    rates = flag_rates(knowledge.scorer, encoded)
+    assert rates["verdict"] == len(flagged) / len(pictures)
+    val = store.val_rows  # 16 dogs: the 99th percentile lies between the two oddest
+    assert flag_rates(knowledge.scorer, store.as_encoded(val))["verdict"] * len(val) <= 1
+
+
 def test_clusters_score_against_breeds_and_draw_a_map(loaded, tmp_path):
     _, store = loaded
     result = cluster_latents(store, tmp_path / "map.png", seed=0)
@@ -190,6 +219,44 @@ def test_sample_is_deterministic_with_a_seed(loaded, tmp_path):
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
     breed = sample_dogs(model, tmp_path / "d.png", n=4, breed=store.breeds[1], store=store)
     assert breed["source"] == store.breeds[1]
+
+
+def test_mixture_samples_repeat_with_a_seed_and_the_mixture_is_kept_as_arrays(loaded, tmp_path):
+    model, store = loaded
+    mixture = latent_mixture(store, tmp_path)  # fitted, and saved in tmp_path
+    assert len(mixture.weights) == MIXTURE_COMPONENTS and mixture.weights.sum() == pytest.approx(1)
+    kept = load_mixture(store, tmp_path / MIXTURE_FILE)
+    assert np.array_equal(kept.covariances, mixture.covariances)
+    rng = np.random.default_rng
+    assert np.array_equal(mixture.draw(5, 1.0, rng(3)), kept.draw(5, 1.0, rng(3)))
+    assert not np.array_equal(mixture.draw(5, 1.0, rng(3)), mixture.draw(5, 1.0, rng(4)))
+    at_zero = mixture.draw(5, 0.0, rng(3))  # temperature 0: the components' means
+    assert all(any(np.allclose(z, m) for m in mixture.means) for z in at_zero)
+    first = sample_dogs(model, tmp_path / "a.png", n=6, seed=3, mixture=mixture)
+    sample_dogs(model, tmp_path / "b.png", n=6, seed=3, mixture=kept)
+    sample_dogs(model, tmp_path / "c.png", n=6, seed=3)
+    assert first["source"] == first["sampler"] == "gmm"
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+    other = replace(store, weights_sha256="other weights")
+    assert load_mixture(other, tmp_path / MIXTURE_FILE) is None  # fitted on another store
+
+
+def test_the_frechet_distance_of_known_gaussians():
+    """|m_a - m_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)), worked by hand."""
+    # N((0, 0), I) against N((3, 4), 4 I): 25 + (2 + 8 - 2 * 4) = 27
+    assert gaussian_frechet_distance(
+        np.zeros(2), np.eye(2), np.array([3.0, 4.0]), 4 * np.eye(2)
+    ) == pytest.approx(27)
+    # same means, diag(1, 4) against diag(9, 1): 0 + (5 + 10 - 2 * (3 + 2)) = 5
+    assert gaussian_frechet_distance(
+        np.ones(2), np.diag([1.0, 4.0]), np.ones(2), np.diag([9.0, 1.0])
+    ) == pytest.approx(5)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200_000, 2))
+    b = np.array([3.0, 4.0]) + 2 * rng.standard_normal((200_000, 2))
+    assert frechet_distance(a, b) == pytest.approx(27, rel=0.01)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
 
 
 def run_cli(capsys, *argv):

@@ -260,16 +260,19 @@ def cmd_sample(args) -> int:
     from dogvae.tasks import sample_dogs
     from dogvae.tasks.inputs import find_breed
     from dogvae.tasks.report import format_sample
+    from dogvae.tasks.sample import latent_mixture, needs_mixture
 
     model = _open_model(args)
-    store = None
     if args.breed is not None:
         find_breed(args.breed, model.breeds)  # an unknown name fails before any encoding
-        if not model.conditional:  # a conditional model draws the breed from its decoder
-            store = _open_store(args, model)
+    mixture_codes = needs_mixture(model, args.breed, args.source)
+    # a conditional model draws the breed from its decoder; a plain VAE from the store
+    around_breed = args.breed is not None and not model.conditional
+    store = _open_store(args, model) if mixture_codes or around_breed else None
     result = sample_dogs(
         model, args.out, n=args.n, breed=args.breed, store=store,
         temperature=args.temperature, seed=args.seed,
+        mixture=latent_mixture(store, args.run) if mixture_codes else None,
     )  # fmt: skip
     return _emit(args, result, format_sample)
 
@@ -287,6 +290,8 @@ def _task_parser(sub, name: str, help: str, store: bool = True) -> argparse.Argu
 
 def add_task_parsers(sub) -> None:
     """The latent tasks' subcommands."""
+    from dogvae.tasks.sample import DEFAULT_SOURCE, SOURCES
+
     p = _task_parser(sub, "encode", "encode the labelled images once into RUN/latents.npz")
     p.add_argument("--rebuild", action="store_true", help="encode again even if up to date")
     p.set_defaults(func=cmd_encode)
@@ -335,8 +340,15 @@ def add_task_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_clusters)
 
-    p = _task_parser(sub, "sample", "new dogs from the prior or around a breed")
+    p = _task_parser(
+        sub, "sample", "new dogs from the training codes' mixture, the prior or a breed"
+    )
     p.add_argument("--n", type=int, default=16)
+    p.add_argument(
+        "--source", choices=SOURCES, default=DEFAULT_SOURCE,
+        help="codes from a Gaussian mixture fitted to the training codes (gmm, the default; "
+        "fitted once into RUN/sampler.npz) or from the prior N(0, I)",
+    )  # fmt: skip
     p.add_argument(
         "--breed",
         help="this breed: from the decoder (cvae, ssvae), else around its latent centroid",

@@ -305,6 +305,13 @@ class Encoded:
     def kl_rate(self) -> np.ndarray:
         return kl_rate(self.mu, self.logvar)
 
+    def rows(self, rows) -> Encoded:
+        """These images alone (`answer_identify` answers for an `Encoded` of one row)."""
+        return Encoded(
+            self.mu[rows], self.logvar[rows], self.mu_mirror[rows],
+            self.recon_mse[rows], self.code_gap[rows], self.class_log_probs[rows],
+        )  # fmt: skip
+
 
 @torch.no_grad()
 def encode_images(

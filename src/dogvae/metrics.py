@@ -117,3 +117,25 @@ def reconstruction_baselines(
         "pca_psnr": psnr_np(val, drawn["pca"]),
         "pca_components": pca.n_components_,
     }
+
+
+def gaussian_frechet_distance(
+    mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray
+) -> float:
+    """The squared Frechet (2-Wasserstein) distance between N(mean_a, cov_a) and N(mean_b,
+    cov_b): |mean_a - mean_b|^2 + tr(cov_a + cov_b - 2 (cov_a cov_b)^(1/2)), as FID computes
+    it (Heusel et al. 2017)."""
+    from scipy.linalg import sqrtm
+
+    root = sqrtm(np.asarray(cov_a, np.float64) @ np.asarray(cov_b, np.float64))
+    root = np.real(root)  # rounding leaves a tiny imaginary part
+    difference = np.asarray(mean_a, np.float64) - np.asarray(mean_b, np.float64)
+    return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """`gaussian_frechet_distance` between Gaussians fitted to two sets of feature rows."""
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    return gaussian_frechet_distance(
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    )

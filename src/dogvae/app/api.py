@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from dogvae.app import schemas
 from dogvae.app.service import MAX_SAMPLES, MAX_STEPS, MixEnd, Photo, ServedRun, data_url, png_bytes
 from dogvae.app.uploads import megabytes
+from dogvae.tasks.sample import DEFAULT_SOURCE
 
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG picture"}}
 NO_STORE = {"Cache-Control": "no-store"}
@@ -58,6 +59,7 @@ Served = Annotated[ServedRun, Depends(served_run)]
 Limit = Annotated[int, Depends(upload_limit)]
 Method = Literal["lerp", "slerp"]
 BreedAs = Literal["centroid", "medoid"]
+Source = Literal["gmm", "prior"]
 ImageField = Annotated[
     UploadFile | None, File(description="a dog photo, any format Pillow reads (20 MB at most)")
 ]
@@ -252,6 +254,10 @@ def sample(
     temperature: Annotated[float, Query(ge=0.0, le=3.0)] = 1.0,
     seed: Annotated[int | None, Query(ge=0, lt=2**32, description="random if left out")] = None,
     breed: Annotated[str | None, Query(description="sample around this breed")] = None,
+    source: Annotated[
+        Source, Query(description="codes from the training codes' mixture, or the prior")
+    ] = DEFAULT_SOURCE,
 ):
-    """New dogs from the prior, or around a breed's centroid; a seed repeats them."""
-    return served.sample(n, temperature, seed, breed)
+    """New dogs from a Gaussian mixture fitted to the training codes (gmm) or the prior
+    N(0, I), or around a breed; a seed repeats them."""
+    return served.sample(n, temperature, seed, breed, source)

@@ -124,7 +124,11 @@ class MixResult(BaseModel):
 
 
 class SampleResult(BaseModel):
-    source: str = Field(description="prior, or the breed sampled around")
+    source: str = Field(description="gmm or prior, or the breed sampled around")
+    sampler: str = Field(
+        description="where the codes came from: gmm (a mixture fitted to the training codes), "
+        "prior (N(0, I)) or breed (a plain VAE's spread around the breed's centroid)"
+    )
     n: int
     temperature: float
     seed: int

@@ -62,7 +62,7 @@ from dogvae.tasks.mixing import (
     strip_picture,
 )
 from dogvae.tasks.reconstruct import reconstruct_pixels
-from dogvae.tasks.sample import draw_dogs
+from dogvae.tasks.sample import DEFAULT_SOURCE, draw_dogs, needs_mixture, sampler_used
 
 MAX_UPLOAD_BYTES = 20_000_000  # 20 MB: a phone photo is 2-8 MB
 # Pixels of uploaded photos decoding at once. Decoding and converting a photo peaks at ~10
@@ -213,6 +213,7 @@ class ServedRun:
             self.knowledge = BreedKnowledge(self.model, self.store, self.run)
             k = self.knowledge
             k.calibration, k.scorer, k.probe, k.ancestry_centroids, k.ancestry_whitener  # noqa: B018
+            k.latent_mixture  # noqa: B018
             with self._inference():
                 self.breed_photos = breed_pictures(self.knowledge, list(range(len(self.breeds))))
             self.gallery = self._pick_gallery()
@@ -399,20 +400,30 @@ class ServedRun:
     # --- sampling --------------------------------------------------------------------------
 
     def sample(
-        self, n: int = 8, temperature: float = 1.0, seed: int | None = None, breed=None
+        self,
+        n: int = 8,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        breed=None,
+        source: str = DEFAULT_SOURCE,
     ) -> dict:
-        """New dogs from the prior, or around a breed; the same seed draws the same dogs as
-        `dogvae sample --seed`."""
+        """New dogs with codes from the latent mixture ("gmm") or the prior, or around a
+        breed; the same seed and source draw the same dogs as `dogvae sample --seed`."""
         seed = secrets.randbelow(2**31) if seed is None else seed
         breed = breed or None
+        mixture = None
+        if needs_mixture(self.model, breed, source):
+            self.require_store()
+            mixture = self.knowledge.latent_mixture
         store = self.require_store() if breed and not self.model.conditional else None
         with self._inference():
-            images, source = draw_dogs(
-                self.model, n, breed, store, temperature, np.random.default_rng(seed)
+            images, drawn_from = draw_dogs(
+                self.model, n, breed, store, temperature, np.random.default_rng(seed), mixture
             )
         images = to_uint8(images)
         return {
-            "source": source,
+            "source": drawn_from,
+            "sampler": sampler_used(self.model, breed, mixture),
             "n": n,
             "temperature": temperature,
             "seed": seed,

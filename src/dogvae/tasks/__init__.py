@@ -12,7 +12,7 @@ gets one answer through every door.
 - `ancestry`: the breed shares that best explain a dog (`evaluate_ancestry` on known mutts);
 - `identify`: the breed with calibrated probabilities, or "unlike any training dog";
 - `cluster_latents`: k-means and Gaussian-mixture clusters against breeds, and a 2-D map;
-- `sample_dogs`: new dogs from the prior or around a breed.
+- `sample_dogs`: new dogs from a mixture fitted to the training codes, the prior, or a breed.
 """
 
 from dogvae.tasks.ancestry import ancestry, evaluate_ancestry, explain

@@ -40,6 +40,7 @@ from dogvae.tasks.probe import (
     log_loss,
     softmax,
 )
+from dogvae.tasks.sample import LatentMixture, latent_mixture
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,11 @@ class BreedKnowledge:
     @cached_property
     def whitener(self) -> np.ndarray:
         return whitening_matrix(self.store.pooled_covariance())
+
+    @cached_property
+    def latent_mixture(self) -> LatentMixture:
+        """The sampler fitted to the training codes (`dogvae.tasks.sample.latent_mixture`)."""
+        return latent_mixture(self.store, self.run)
 
     # --- the space ancestry mixes breeds in --------------------------------------------------
 

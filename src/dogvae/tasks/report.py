@@ -152,8 +152,16 @@ def format_clusters(result: dict) -> str:
     return "\n".join(lines + _picture(result))
 
 
+SAMPLER_NAMES = {
+    "gmm": "a mixture fitted to the training codes",
+    "prior": "the prior N(0, I)",
+    "breed": "the breed's spread around its centroid",
+}
+
+
 def format_sample(result: dict) -> str:
+    breed = "" if result["source"] in SAMPLER_NAMES else f"{result['source']}s, "
     return (
-        f"{result['n']} dogs from the {result['source']} (temperature {result['temperature']}, "
-        f"seed {result['seed']})\n" + "\n".join(_picture(result))
+        f"{result['n']} dogs ({breed}codes from {SAMPLER_NAMES[result['sampler']]}; temperature "
+        f"{result['temperature']}, seed {result['seed']})\n" + "\n".join(_picture(result))
     )

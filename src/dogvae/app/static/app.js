@@ -376,13 +376,15 @@ async function loadGallery() {
 async function drawSamples() {
   const query = new URLSearchParams({
     n: 12, temperature: $("#sample-temperature").value, seed: $("#sample-seed").value || 0,
+    source: $("#sample-source").value,
   });
   const breed = $("#sample-breed").value;
   if (breed) query.set("breed", breed);
   try {
     const result = await api(`/api/sample?${query}`);
     show($("#sample-error"), "");
-    const what = result.source === "prior" ? "a dog from the prior" : `a ${breedName(result.source)}`;
+    const from = { gmm: "the training codes' mixture", prior: "the prior", breed: "the breed's spread" }[result.sampler];
+    const what = ["gmm", "prior"].includes(result.source) ? `a dog from ${from}` : `a ${breedName(result.source)} from ${from}`;
     $("#samples").replaceChildren(...result.images.map((src) => image(src, what)));
   } catch (problem) {
     show($("#sample-error"), problem.message);
@@ -483,7 +485,7 @@ function wire() {
   $("#sample-temperature").addEventListener("input", (event) => {
     $("#temperature-readout").textContent = Number(event.target.value).toFixed(1);
   });
-  for (const id of ["#sample-temperature", "#sample-seed", "#sample-breed"]) $(id).addEventListener("change", drawSamples);
+  for (const id of ["#sample-temperature", "#sample-seed", "#sample-breed", "#sample-source"]) $(id).addEventListener("change", drawSamples);
 }
 
 function fillBreeds(breeds) {
@@ -519,6 +521,7 @@ async function init() {
   fillBreeds(card.breeds);
   renderCard(card);
   $("#sample-seed").value = 0;
+  if (!state.storeOn) $("#sample-source").value = "prior"; // the mixture is fitted on the store
   drawSamples();
   loadGallery();
   if (state.storeOn && card.breeds.length >= 2) {
