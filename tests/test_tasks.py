@@ -370,3 +370,20 @@ def test_a_damaged_probe_file_is_refitted(loaded, tiny_run, damage):
     refitted = breed_probe(store, run)
     assert refitted.kind == fitted.kind and refitted.report == fitted.report
     assert load_probe(store, run / PROBE_FILE).report == fitted.report  # saved again
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_sampler_file_is_fitted_again(loaded, tiny_run, damage):
+    _, store = loaded
+    run = tiny_run[0]
+    fitted = latent_mixture(store, run)
+    saved = bytearray((run / MIXTURE_FILE).read_bytes())
+    if damage == "truncated":
+        saved = saved[: len(saved) // 2]
+    else:
+        saved[len(saved) // 2] ^= 0xFF
+    (run / MIXTURE_FILE).write_bytes(saved)
+    assert load_mixture(store, run / MIXTURE_FILE) is None  # damaged: not read as a mixture
+    again = latent_mixture(store, run)
+    assert np.allclose(again.means, fitted.means) and np.allclose(again.weights, fitted.weights)
+    assert np.array_equal(load_mixture(store, run / MIXTURE_FILE).means, again.means)  # saved

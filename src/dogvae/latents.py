@@ -178,6 +178,32 @@ class LatentStore:
             raise DogvaeError(f"{path} is not a readable latent store ({exc})") from exc
 
 
+def save_derived(path: str | Path, fmt: str, store: LatentStore, arrays: dict) -> None:
+    """Arrays fitted on `store` (a probe, a sampler), saved with what they were made from."""
+    made_from = {
+        "format": np.array(fmt),
+        "weights_sha256": np.array(store.weights_sha256),
+        "data_key": np.array(store.data_key),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **made_from, **arrays)
+
+
+def load_derived(path: str | Path, fmt: str, store: LatentStore) -> dict | None:
+    """What `save_derived` wrote, when it was fitted on this very store in this format; None
+    when the file is missing, made from other weights or data, or damaged (fit it again)."""
+    if not Path(path).exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            made_from = (str(f["format"]), str(f["weights_sha256"]), str(f["data_key"]))
+            if made_from != (fmt, store.weights_sha256, store.data_key):
+                return None
+            return {name: f[name] for name in f.files}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def facing_invariant(mu: np.ndarray, mu_mirror: np.ndarray) -> np.ndarray:
     return (mu + mu_mirror) / 2
 

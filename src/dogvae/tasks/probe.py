@@ -11,15 +11,13 @@ when the latent store changes.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dogvae.atomic import atomic_path
 from dogvae.errors import DogvaeError
-from dogvae.latents import STORE_FORMAT, LatentStore
+from dogvae.latents import STORE_FORMAT, LatentStore, load_derived, save_derived
 
 PROBE_FILE = "probes.npz"
 PROBE_FORMAT = f"dogvae-probe/1 on {STORE_FORMAT}"
@@ -183,9 +181,6 @@ def choose_probe(store: LatentStore) -> BreedProbe:
 
 def save_probe(probe: BreedProbe, store: LatentStore, path: Path) -> None:
     arrays = {
-        "format": np.array(PROBE_FORMAT),
-        "weights_sha256": np.array(store.weights_sha256),
-        "data_key": np.array(store.data_key),
         "kind": np.array(probe.kind),
         "mean": probe.mean,
         "scale": probe.scale,
@@ -194,32 +189,24 @@ def save_probe(probe: BreedProbe, store: LatentStore, path: Path) -> None:
     }
     if probe.kind == "logistic":
         arrays.update(coef=probe.coef, intercept=probe.intercept)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    save_derived(path, PROBE_FORMAT, store, arrays)
 
 
 def load_probe(store: LatentStore, path: Path) -> BreedProbe | None:
     """The saved probe when it was fitted on this very store, else None (a damaged file too:
     the probe is refitted)."""
-    if not path.exists():
+    f = load_derived(path, PROBE_FORMAT, store)
+    if f is None:
         return None
     try:
-        return _read_probe(store, path)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
-
-
-def _read_probe(store: LatentStore, path: Path) -> BreedProbe | None:
-    with np.load(path, allow_pickle=False) as f:
-        made_from = (str(f.get("format")), str(f["weights_sha256"]), str(f["data_key"]))
-        if made_from != (PROBE_FORMAT, store.weights_sha256, store.data_key):
-            return None
         probe = BreedProbe(
             str(f["kind"]), f["mean"], f["scale"], len(store.breeds), float(f["temperature"])
         )
         probe.report = json.loads(str(f["report"]))
         if probe.kind == "logistic":
             probe.coef, probe.intercept = f["coef"], f["intercept"]
+    except (KeyError, ValueError):
+        return None
     if probe.kind == "knn":
         rows = store.train_rows
         probe.train_codes = (store.codes[rows] - probe.mean) / probe.scale

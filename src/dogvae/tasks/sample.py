@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dogvae.atomic import atomic_path
 from dogvae.errors import DogvaeError
-from dogvae.latents import LatentStore
+from dogvae.latents import LatentStore, load_derived, save_derived
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png
 from dogvae.tasks.inputs import find_breed
@@ -92,26 +91,20 @@ def latent_mixture(store: LatentStore, run: str | Path | None = None) -> LatentM
 
 def save_mixture(mixture: LatentMixture, store: LatentStore, path: Path) -> None:
     arrays = {
-        "format": np.array(MIXTURE_FORMAT),
-        "weights_sha256": np.array(store.weights_sha256),
-        "data_key": np.array(store.data_key),
         "weights": mixture.weights,
         "means": mixture.means,
         "covariances": mixture.covariances,
     }
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    save_derived(path, MIXTURE_FORMAT, store, arrays)
 
 
 def load_mixture(store: LatentStore, path: Path) -> LatentMixture | None:
-    """The saved mixture when it was fitted on this very store, else None."""
-    if not path.exists():
+    """The saved mixture when it was fitted on this very store, else None (a damaged file
+    too: the mixture is fitted again)."""
+    f = load_derived(path, MIXTURE_FORMAT, store)
+    if f is None or not {"weights", "means", "covariances"} <= set(f):
         return None
-    with np.load(path, allow_pickle=False) as f:
-        made_from = (str(f["format"]), str(f["weights_sha256"]), str(f["data_key"]))
-        if made_from != (MIXTURE_FORMAT, store.weights_sha256, store.data_key):
-            return None
-        return LatentMixture(f["weights"], f["means"], f["covariances"])
+    return LatentMixture(f["weights"], f["means"], f["covariances"])
 
 
 def breed_codes(
