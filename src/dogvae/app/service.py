@@ -210,10 +210,7 @@ class ServedRun:
         self.gallery: dict[str, GalleryDog] = {}
         self.knowledge: BreedKnowledge | None = None
         if self.store is not None:
-            self.knowledge = BreedKnowledge(self.model, self.store, self.run)
-            k = self.knowledge
-            k.calibration, k.scorer, k.probe, k.ancestry_centroids, k.ancestry_whitener  # noqa: B018
-            k.latent_mixture  # noqa: B018
+            self.knowledge = BreedKnowledge(self.model, self.store, self.run).warm()
             with self._inference():
                 self.breed_photos = breed_pictures(self.knowledge, list(range(len(self.breeds))))
             self.gallery = self._pick_gallery()

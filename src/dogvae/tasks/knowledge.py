@@ -68,6 +68,13 @@ class BreedKnowledge:
         self.model, self.store = model, store
         self.run = Path(run) if run is not None else None
 
+    def warm(self) -> BreedKnowledge:
+        """Compute every answer's ingredients now (a server does, so no request waits)."""
+        for name in ("calibration", "scorer", "probe", "ancestry_centroids",
+                     "ancestry_whitener", "medoid_rows", "latent_mixture"):  # fmt: skip
+            getattr(self, name)
+        return self
+
     @property
     def breeds(self) -> list[str]:
         return self.store.breeds
