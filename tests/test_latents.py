@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -68,8 +69,11 @@ def test_store_round_trips_through_npz_without_pickle(synth_data, tmp_path):
     model = save_untrained_run(tmp_path / "run", synth_data, seed=0)
     store = encode_dataset(model, synth_data, progress=False)
     again = LatentStore.load(store.save(tmp_path / "store.npz"))
-    for name in ("mu", "logvar", "labels", "ids", "is_val", "recon_mse"):
+    for name in ("mu", "logvar", "labels", "ids", "is_val", "recon_mse", "class_log_probs"):
         assert np.array_equal(getattr(store, name), getattr(again, name)), name
+    # the within-breed covariance is saved once made, and equals a fresh computation
+    fresh = dataclasses.replace(again, within_cov=None).pooled_covariance()
+    assert again.within_cov is not None and np.allclose(again.pooled_covariance(), fresh)
     assert (again.breeds, again.weights_sha256, again.data_key) == (
         store.breeds,
         store.weights_sha256,

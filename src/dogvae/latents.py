@@ -63,6 +63,7 @@ class LatentStore:
     data_key: str  # the image set it was encoded from (see `data_fingerprint`)
     data: str = ""  # the data folder it was encoded from
     encoded: bool = False  # encoded by this call rather than read back (not saved)
+    within_cov: np.ndarray | None = None  # `pooled_covariance`, saved with the store once made
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,9 +105,14 @@ class LatentStore:
         return breed_centroids(self.codes[rows], self.labels[rows], len(self.breeds))
 
     def pooled_covariance(self) -> np.ndarray:
-        """(D, D) within-breed covariance of the training codes, Ledoit-Wolf shrunk."""
-        rows = self.train_rows
-        return pooled_within_covariance(self.codes[rows], self.labels[rows], len(self.breeds))
+        """(D, D) within-breed covariance of the training codes, Ledoit-Wolf shrunk; computed
+        once and saved with the store (the novelty score and ancestry read it every time)."""
+        if self.within_cov is None:
+            rows = self.train_rows
+            self.within_cov = pooled_within_covariance(
+                self.codes[rows], self.labels[rows], len(self.breeds)
+            )
+        return self.within_cov
 
     def breed_covariance(self, breed: int, diagonal: bool = False) -> np.ndarray:
         """(D, D) spread of latent codes around one breed's centroid (training split).
@@ -149,6 +155,8 @@ class LatentStore:
             "data_key": np.array(self.data_key),
             "data": np.array(self.data),
         }
+        if len(self.train_rows) >= 2:
+            arrays["within_cov"] = self.pooled_covariance()
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         return Path(path)
@@ -173,6 +181,7 @@ class LatentStore:
                     weights_sha256=str(f["weights_sha256"]),
                     data_key=str(f["data_key"]),
                     data=str(f["data"]),
+                    within_cov=f["within_cov"] if "within_cov" in f.files else None,
                 )
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DogvaeError(f"{path} is not a readable latent store ({exc})") from exc
