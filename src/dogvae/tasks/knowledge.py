@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dogvae.errors import DogvaeError
 from dogvae.latents import (
     Encoded,
     LatentStore,
@@ -224,7 +225,7 @@ class BreedKnowledge:
             return None
         try:
             images = load_dataset(self.model, self.store.data, progress=False)
-        except Exception as exc:  # a picture is not worth failing an answer for
+        except (DogvaeError, OSError) as exc:  # a picture is not worth failing an answer for
             log.warning("training photos unavailable (%s): breeds are shown decoded", exc)
             return None
         return images, {str(image_id): i for i, image_id in enumerate(images.ids)}
