@@ -9,3 +9,11 @@ def load(run, device="cpu"):
     from dogvae.checkpoint import load as load_run
 
     return load_run(run, device)
+
+
+def from_pretrained(source, device="cpu", **hub):
+    """A model from a `save_pretrained` folder, a run folder or a Hugging Face Hub id (see
+    `dogvae.pretrained.from_pretrained`)."""
+    from dogvae.pretrained import from_pretrained as load_pretrained
+
+    return load_pretrained(source, device, **hub)

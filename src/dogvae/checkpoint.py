@@ -89,7 +89,7 @@ def checkpoint_folder(run: str | Path) -> Path:
     return run / os.readlink(link) if link.is_symlink() else run
 
 
-def _write_weights(model: BaseVAE, path: Path, info: dict) -> str:
+def write_weights(model: BaseVAE, path: Path, info: dict) -> str:
     """The model's tensors with its config in the file's metadata; returns the file's sha256."""
     save_file(_state_tensors(model), str(path), metadata={"dogvae": json.dumps(info)})
     fsync_file(path)
@@ -125,14 +125,14 @@ def _save_generation(run: Path, last, best) -> Path:
     pending.mkdir(parents=True)
     if last is not None:
         model, info, state = last
-        digest = _write_weights(model, pending / LAST_WEIGHTS, info)
+        digest = write_weights(model, pending / LAST_WEIGHTS, info)
         crash_point("last_weights")
         torch.save({**state, "weights_sha256": digest}, pending / STATE)
         fsync_file(pending / STATE)
         crash_point("state")
     if best is not None:
         model, info = best
-        digest = _write_weights(model, pending / BEST_WEIGHTS, info)
+        digest = write_weights(model, pending / BEST_WEIGHTS, info)
         crash_point("best_weights")
         config = {**info, "weights": {"file": BEST_WEIGHTS, "sha256": digest}}
         (pending / CONFIG).write_text(json_text(config))
@@ -288,7 +288,7 @@ def _read_config_in(folder: Path) -> dict:
     return info
 
 
-def _load_into(model: BaseVAE, path: Path) -> None:
+def load_weights(model: BaseVAE, path: Path) -> None:
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
@@ -356,7 +356,7 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
             f"({actual[:12]}... vs {str(expected)[:12]}...): the file was changed or replaced"
         )
     model = model_from_info(info)
-    _load_into(model, weights)
+    load_weights(model, weights)
     model.breeds = list(info.get("breeds", []))
     model.info = info
     return model.to(pick_device(device)).eval()
@@ -380,5 +380,5 @@ def load_last(run: Path, model: BaseVAE) -> dict:
     state = _read_state(state_path)
     if state.get("weights_sha256") != sha256_file(weights):
         raise CheckpointError(f"{weights} does not match {state_path}: cannot resume safely")
-    _load_into(model, weights)
+    load_weights(model, weights)
     return state

@@ -392,6 +392,17 @@ def add_evaluation_parsers(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def cmd_export(args) -> int:
+    from dogvae.pretrained import export_run
+
+    folder = export_run(args.run, args.out)
+    return _emit(
+        args,
+        {"folder": str(folder)},
+        lambda r: f"wrote {r['folder']}: model.safetensors, config.json, README.md",
+    )
+
+
 def cmd_serve(args) -> int:
     try:
         from dogvae.app import serve
@@ -512,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_task_parsers(sub)
     add_evaluation_parsers(sub)
+    p = sub.add_parser("export", help="the run's best model as one shareable folder with a card")
+    p.add_argument("run", type=Path, help="run folder made by `dogvae train`")
+    p.add_argument("out", type=Path, help="folder to write (dogvae.from_pretrained loads it)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_export)
     add_serve_parser(sub)
     return parser
 

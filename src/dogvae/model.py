@@ -558,6 +558,12 @@ class BaseVAE(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad],
                  "weight_decay": weight_decay}]  # fmt: skip
 
+    def save_pretrained(self, folder):
+        """This model as one folder of weights and config (`dogvae.pretrained`)."""
+        from dogvae.pretrained import save_pretrained
+
+        return save_pretrained(self, folder)
+
     def bits_per_dim(self, elbo_nats: float) -> float:
         return bits_per_dim(elbo_nats, 3 * self.config.image_size**2)
 
