@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL, sigint_at_step, tiny_train_config
@@ -449,3 +450,40 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(tiny_data, tmp_path, caps
 def test_a_port_outside_0_to_65535_is_refused_before_anything_loads(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "no-run"), "--port", "99999"]) == 2
     assert "--port 99999: a port is 0 (any free one) to 65535" in one_error_line(capsys)
+
+
+def test_training_from_an_array_or_a_dataset_equals_training_from_the_folder(tiny_data, tmp_path):
+    from dogvae.data.cache import load_images
+
+    train(tiny_train_config(tiny_data, tmp_path / "folder", epochs=1))
+    images = load_images(tiny_data, 32, progress=False)
+    names = [images.breeds[b] for b in images.labels]
+    pixels = np.array(images.images)  # a writable copy
+    train(tiny_train_config("an array", tmp_path / "array", epochs=1), data=pixels, labels=names)
+
+    class Photos(torch.utils.data.Dataset):  # (3, H, W) floats in [0, 1] and breed indices
+        def __len__(self):
+            return len(pixels)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(pixels[i]).permute(2, 0, 1) / 255, int(images.labels[i])
+
+    cfg = tiny_train_config("a dataset", tmp_path / "dataset", epochs=1)
+    train(cfg, data=Photos(), breeds=images.breeds)
+    reference = load_file(str(tmp_path / "folder" / "last.safetensors"))
+    for other in ("array", "dataset"):
+        weights = load_file(str(tmp_path / other / "last.safetensors"))
+        assert all(torch.equal(reference[k], weights[k]) for k in reference), other
+        assert checkpoint.load(tmp_path / other).breeds == images.breeds
+
+
+def test_python_data_of_the_wrong_kind_is_one_clear_error(tmp_path):
+    from dogvae.errors import DataError
+
+    with pytest.raises(DataError, match=r"uint8 \(N, H, W, 3\), not float64"):
+        train(tiny_train_config("x", tmp_path / "run"), data=np.zeros((4, 8, 8, 3)))
+    with pytest.raises(DataError, match="3 labels for 4 images"):
+        train(
+            tiny_train_config("x", tmp_path / "run"),
+            data=np.zeros((4, 32, 32, 3), np.uint8), labels=["a", "b", "a"],
+        )  # fmt: skip

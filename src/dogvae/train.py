@@ -795,30 +795,46 @@ def _unusable_best(run: Path, start_epoch: int, epochs: int) -> bool:
     return True
 
 
-def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    on_epoch: Callable[[dict], None] | None = None,
+    *,
+    data=None,
+    labels=None,
+    breeds=None,
+) -> dict:
     """Train a model as `cfg` says and return the final summary (also written to metrics.json).
 
+    The images come from the folder `cfg.data`, or from Python: `data` a uint8 array
+    (N, H, W, 3) or a torch Dataset, with `labels` (breed names, or indices into `breeds`) when
+    the Dataset does not give them (`dogvae.data.memory`); `cfg.data` then only names them in
+    the run's records, and a resume needs the same `data` again.
     `on_epoch(record)`, if given, is called after each epoch's validation and checkpoints, in
     every process with the same record; it may raise to end training (e.g. `optuna.TrialPruned`).
     Under torchrun the process group is left at the end, on errors too.
     """
     cfg = cfg.resolved()
     model_cfg = cfg.model_config()
+    in_memory = None
+    if data is not None:
+        from dogvae.data.memory import image_set
+
+        in_memory = image_set(data, labels, breeds, image_size=model_cfg.image_size, crop=cfg.crop)
     with deterministic_algorithms(cfg.deterministic):
         rt = setup_runtime(cfg, model_cfg.image_size)
         try:
-            return _train(cfg, model_cfg, rt, on_epoch)
+            return _train(cfg, model_cfg, rt, on_epoch, in_memory)
         finally:
             if rt.owns_process_group:
                 dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch) -> dict:
+def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch, in_memory) -> dict:
     run = Path(cfg.out)
     _shared_by_main(rt, lambda: _prepare_run_folder(run, cfg.resume))
     torch.manual_seed(cfg.seed)
 
-    images = _load_data(cfg, model_cfg.image_size, rt)
+    images = in_memory if in_memory is not None else _load_data(cfg, model_cfg.image_size, rt)
     model_cfg = _fit_to_breeds(default_model(cfg, model_cfg, images), images)
     if rt.main and "model" not in cfg.model_overrides and not cfg.resume:
         logger.info("model: %s (%s)", model_cfg.model, MODEL_REASONS[model_cfg.model])
