@@ -45,6 +45,28 @@ def test_a_preset_sets_its_training_defaults_and_explicit_settings_win():
     assert (small.weight_decay, small.warmup_steps, small.grad_clip) == (1e-4, 100, 5.0)
 
 
+def test_the_seed_preset_keeps_the_keras_constant_learning_rate_and_the_others_decay():
+    from dogvae.train import group_schedules
+
+    seed = TrainConfig(data="d", out="o", preset="seed", epochs=10).resolved()
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=seed.lr)
+    (factor,) = group_schedules(optimizer, seed, steps_per_epoch=100)
+    assert [factor(step) for step in (0, 500, 999)] == [1.0, 1.0, 1.0]  # Adam 1e-4 throughout
+    small = TrainConfig(data="d", out="o", epochs=10).resolved()
+    (decaying,) = group_schedules(optimizer, small, steps_per_epoch=100)
+    assert decaying(0) == pytest.approx(0.01) and decaying(999) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_a_seed_run_saved_before_lr_schedule_resumes_with_the_cosine_it_began_with(monkeypatch):
+    from dogvae import cli
+
+    info = {"preset": "seed", "model": {}, "train": {"data": "d", "epochs": 3}}
+    monkeypatch.setattr(checkpoint, "last_run_info", lambda run: info)
+    assert cli._saved_run_config("run", {})["train"]["lr_schedule"] == "cosine"
+    info["train"]["lr_schedule"] = "constant"
+    assert cli._saved_run_config("run", {})["train"]["lr_schedule"] == "constant"
+
+
 FAULTS_SCRIPT = """
 import ctypes, resource
 from dogvae.train import keep_freed_memory

@@ -64,6 +64,7 @@ def _saved_run_config(run: Path, file_cfg: dict) -> dict:
     if info is None:
         return file_cfg  # train() says there is nothing to resume
     train_values = {k: v for k, v in info["train"].items() if k not in RUN_ONLY_SETTINGS}
+    train_values.setdefault("lr_schedule", "cosine")  # what runs saved before it trained with
     return {
         "preset": file_cfg.get("preset", info["preset"]),
         "model": {**info["model"], **file_cfg.get("model", {})},

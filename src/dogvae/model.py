@@ -209,7 +209,12 @@ PRESETS: dict[str, Preset] = {
         lr=1e-4,
         epochs=30,
         description="faithful replica of the original Keras model (43,413,091 parameters)",
-        train_overrides={"weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 0.0},
+        train_overrides={
+            "weight_decay": 0.0,
+            "warmup_steps": 0,
+            "grad_clip": 0.0,
+            "lr_schedule": "constant",
+        },  # fmt: skip
     ),
     "small64": Preset(
         model=VAEConfig(image_size=64, latent_dim=128, dec_widths=(128, 64, 32, 16)),

@@ -60,7 +60,11 @@ FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
 MODEL_FLAGS = "--image-size, --latent-dim, --beta, --model or the model section of --config"
 
 # What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
-TRAIN_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False}
+TRAIN_DEFAULTS = {
+    "weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False,
+    "lr_schedule": "cosine",
+}  # fmt: skip
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -90,6 +94,7 @@ class TrainConfig:
     weight_decay: float | None = None
     warmup_steps: int | None = None
     grad_clip: float | None = None
+    lr_schedule: str | None = None  # "cosine" (after warm-up) or "constant"
     ema_decay: float = 0.0
     val_fraction: float = 0.1
     seed: int = 0
@@ -118,6 +123,10 @@ class TrainConfig:
             raise DogvaeError("--classifier-epochs must be 0 (the whole run) or more")
         if not 0.0 < self.label_fraction <= 1.0:
             raise DogvaeError(f"--label-fraction must be in (0, 1], not {self.label_fraction}")
+        if self.lr_schedule not in (None, *LR_SCHEDULES):
+            raise DogvaeError(
+                f"lr_schedule must be {' or '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}"
+            )
         for name in ("channels_last", "device_cache"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise DogvaeError(f"{name} must be auto, on or off, not {getattr(self, name)!r}")
@@ -535,8 +544,9 @@ def one_cycle_factor(step: int, total_steps: int, warm: float = 0.15) -> float:
 
 
 def group_schedules(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """One learning-rate factor per parameter group: `lr_factor` over the whole run, or for a
-    group marked "classifier" `one_cycle_factor` over its first `classifier_epochs` epochs.
+    """One learning-rate factor per parameter group: `lr_factor` over the whole run (or, with
+    `lr_schedule` "constant", 1 after any warm-up), or for a group marked "classifier"
+    `one_cycle_factor` over its first `classifier_epochs` epochs.
 
     That is the recipe of a classifier trained alone on dogs-full (one-cycle AdamW, 30
     epochs, no clipping: 29.8% top-1); see `clip_gradients` for the other half of it.
@@ -546,6 +556,8 @@ def group_schedules(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     classifier_total = epochs * steps_per_epoch
 
     def whole_run(step: int) -> float:
+        if cfg.lr_schedule == "constant":
+            return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         return lr_factor(step, cfg.warmup_steps, total)
 
     def classifier(step: int) -> float:
