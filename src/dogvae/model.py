@@ -453,17 +453,8 @@ class LossOutput:
     total: torch.Tensor
     reconstruction: torch.Tensor
     kl: torch.Tensor
-    kl_per_dim: torch.Tensor
     elbo: torch.Tensor
     beta: float
-
-    def scalars(self) -> dict[str, float]:
-        return {
-            "loss": float(self.total.detach()),
-            "recon": float(self.reconstruction.detach()),
-            "kl": float(self.kl.detach()),
-            "elbo": float(self.elbo),
-        }
 
 
 class BaseVAE(nn.Module):
@@ -508,10 +499,6 @@ class BaseVAE(nn.Module):
         """The labels the validation ELBO conditions on: none for models of p(x)."""
         return None
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
     def noisy_forward(
         self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
@@ -552,7 +539,6 @@ class BaseVAE(nn.Module):
             total=recon + beta * kl_term,
             reconstruction=recon,
             kl=kl,
-            kl_per_dim=kl_dims.mean(0).detach(),
             elbo=(recon + kl).detach(),
             beta=beta,
         )
@@ -844,7 +830,6 @@ class SemiSupervisedVAE(BreedAwareVAE):
             + cfg.classifier_weight * classification,
             reconstruction=recon_mean,
             kl=kl_mean,
-            kl_per_dim=weighted_kl_dims.detach(),
             elbo=(recon_mean + kl_mean + bound_extra).detach(),
             beta=beta,
         )
