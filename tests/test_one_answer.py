@@ -126,3 +126,32 @@ def test_a_sample_is_one_picture_through_cli_and_web(doors, run, tmp_path, capsy
 
 def data_url_pixels(url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def test_a_store_with_a_breed_the_model_never_saw_still_answers(doors, run, tmp_path):
+    """--data with one more breed than the model was trained on: every answer still comes."""
+    import shutil
+
+    from dogvae.tasks import ancestry, identify, mix
+    from dogvae.tasks.identify import breed_pictures
+    from dogvae.tasks.knowledge import BreedKnowledge
+
+    model, store, _, photo = doors
+    data = tmp_path / "more"
+    shutil.copytree(run[1], data)
+    labels = (data / "labels.csv").read_text().splitlines()
+    extra = [f"{line.split(',')[0]},zz_new_breed" for line in labels[1:9]]  # relabel 8 dogs
+    (data / "labels.csv").write_text("\n".join([labels[0], *extra, *labels[9:]]) + "\n")
+    wider = open_store(model, tmp_path / "wider-run-store", data, progress=False)
+    assert "zz_new_breed" in wider.breeds and "zz_new_breed" not in model.breeds
+    knowledge = BreedKnowledge(model, wider)
+    pictures = breed_pictures(knowledge, list(range(len(wider.breeds))))
+    assert pictures.shape == (len(wider.breeds), 32, 32, 3)
+    answer = identify(model, wider, photo, knowledge=knowledge)
+    assert abs(sum(t["probability"] for t in answer["top"]) - 1) < 1e-6
+    parents = ancestry(model, wider, photo, knowledge=knowledge)["parents"]
+    assert abs(sum(p["share"] for p in parents) - 1) < 1e-3
+    if model.conditional:  # the new breed is drawn with the "unknown" embedding
+        made = mix(model, wider, "zz_new_breed", wider.breeds[0], tmp_path / "m.png", steps=2,
+                   knowledge=knowledge)  # fmt: skip
+        assert made["n_images"] == 2

@@ -269,7 +269,12 @@ def cmd_sample(args) -> int:
     mixture_codes = needs_mixture(model, args.breed, args.source)
     # a conditional model draws the breed from its decoder; a plain VAE from the store
     around_breed = args.breed is not None and not model.conditional
-    store = _open_store(args, model) if mixture_codes or around_breed else None
+    try:
+        store = _open_store(args, model) if mixture_codes or around_breed else None
+    except DogvaeError as exc:
+        if not mixture_codes or around_breed:
+            raise
+        raise DogvaeError(f"{exc}; or draw from the prior: --source prior needs no store") from exc
     result = sample_dogs(
         model, args.out, n=args.n, breed=args.breed, store=store,
         temperature=args.temperature, seed=args.seed,

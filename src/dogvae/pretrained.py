@@ -145,8 +145,8 @@ def model_card(model: BaseVAE, run: Path) -> str:
                      f"PSNR {val.get('psnr', float('nan')):.2f} dB")  # fmt: skip
     if "top1" in val:
         lines.append(f"- breed classifier top-1 {val['top1']:.1%}, top-5 {val['top5']:.1%}")
-    if evaluated.get("classifier"):
-        c = evaluated["classifier"]
+    c = evaluated.get("classifier") or {}
+    if c.get("log_loss") is not None:
         lines.append(
             f"- `dogvae evaluate`: classifier top-1 {c['top1']:.1%}, log loss {c['log_loss']:.3f}"
         )

@@ -57,7 +57,9 @@ from dogvae.tasks.mixing import (
     EndPoint,
     breed_end,
     decode_codes,
+    encoded_breed_weights,
     mix_frames,
+    needs_store,
     photo_end,
     strip_picture,
 )
@@ -243,8 +245,7 @@ class ServedRun:
         pixels = self._dataset_pixels(ids)
         decoded = pixels is None
         if decoded:
-            ends = [photo_end(self.model, None, store.as_encoded(np.array([r])), "") for r in rows]
-            weights = np.stack([e.breed for e in ends]) if self.model.conditional else None
+            weights = encoded_breed_weights(self.model, store.as_encoded(np.array(rows)))
             pixels = self._decode(store.mu[rows], weights)
         codes = store.codes[rows]
         return {
@@ -352,11 +353,11 @@ class ServedRun:
     def ancestry(self, photo: Photo, top: int = 3) -> dict:
         """`tasks.ancestry.answer_ancestry` for the photo, each parent breed with a typical
         training photo of it and the mixture drawn."""
-        answer, found = answer_ancestry(self.knowledge, photo.pixels[None], photo.encoded, top)
+        with self._inference():  # synthesis runs the model dozens of times
+            answer, found = answer_ancestry(self.knowledge, photo.pixels[None], photo.encoded, top)
+            mixture = mixture_picture(self.knowledge, photo.encoded, found)
         for entry in answer["parents"]:
             entry["image"] = self._breed_image(entry["breed"])
-        with self._inference():
-            mixture = mixture_picture(self.knowledge, photo.encoded, found)
         return finite({"photo": self.describe(photo), **answer, "mixture": data_url(mixture)})
 
     def _breed_image(self, breed: str) -> str:
@@ -376,7 +377,7 @@ class ServedRun:
             return MixEnd(ref, ref.split(":", 1)[0], point)
         name = ref.removeprefix("breed:")
         find_breed(name, self.breeds)  # an unknown breed is 404 before the store is asked for
-        if self.knowledge is None and (breed_as == "medoid" or not self.model.conditional):
+        if self.knowledge is None and needs_store(self.model, [name], breed_as):
             self.require_store()
         point = breed_end(self.knowledge, self.model, name, breed_as)
         return MixEnd(f"breed:{point.label}", "breed", point)

@@ -108,7 +108,7 @@ def _decode(
         _load_fully(img, label)
     img = _upright(img)
     facts = ImageFacts(image_format, original_mode, img.width, img.height)
-    return _to_rgb(img, label), facts
+    return as_rgb(img, label), facts
 
 
 def _describe(source: Source) -> str:
@@ -190,7 +190,8 @@ def _upright(img: Image.Image) -> Image.Image:
     return img
 
 
-def _to_rgb(img: Image.Image, label: str) -> Image.Image:
+def as_rgb(img: Image.Image, label: str) -> Image.Image:
+    """Any Pillow mode as RGB: 16-bit and float scaled down, transparency composited on white."""
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dogvae.data.cache import ImageSet
-from dogvae.data.decode import to_square
+from dogvae.data.decode import as_rgb, to_square
 from dogvae.errors import DataError
 
 MEMORY_ROOT = "<memory>"
@@ -87,7 +87,7 @@ def _square(image, size: int, crop: str, index: int) -> np.ndarray:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise DataError(f"image {index}: a {type(image).__name__} is not an image")
-    return to_square(image.convert("RGB"), size, crop)
+    return to_square(as_rgb(image, f"image {index}"), size, crop)
 
 
 def _breed_codes(labels, n: int, breeds: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -98,11 +98,16 @@ def _breed_codes(labels, n: int, breeds: Sequence[str] | None) -> tuple[np.ndarr
     labels = list(labels)
     if len(labels) != n:
         raise DataError(f"{len(labels)} labels for {n} images")
-    if all(isinstance(v, str) for v in labels):
+    if any(isinstance(v, str) for v in labels):
+        if not all(v is None or isinstance(v, str) for v in labels):
+            raise DataError("labels are all breed names (or None) or all breed indices, not both")
         names = sorted({v for v in labels if v})
         index = {name: i for i, name in enumerate(names)}
         return np.array([index[v] if v else -1 for v in labels], np.int64), names
-    codes = np.array([-1 if v is None else int(v) for v in labels], np.int64)
+    try:
+        codes = np.array([-1 if v is None else int(v) for v in labels], np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"a label is neither a breed name nor an index ({exc})") from exc
     count = int(codes.max()) + 1 if (codes >= 0).any() else 0
     names = list(breeds) if breeds is not None else [f"breed_{i}" for i in range(count)]
     if count > len(names):

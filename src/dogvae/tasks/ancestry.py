@@ -1,4 +1,8 @@
-"""Which breeds, in what shares, best explain a dog: a sparse mixture of breed points.
+"""Which breeds, in what shares, best explain a dog.
+
+A cvae or ssvae answers by analysis-by-synthesis (`dogvae.tasks.synthesis`: the breed
+mixture under which its decoder finds the photo likeliest). A plain VAE, and the `latent`
+method of any model, fits a sparse mixture of breed points, as follows.
 
 A dog's features x are modelled as a convex combination of one, two or three breed points,
 sum_k s_k c_k with s_k > 0 and sum s_k = 1, fitted by least squares in whitened coordinates
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -266,14 +270,14 @@ def _by_synthesis(knowledge, pixels, encoded, penalty) -> tuple[Explanation, flo
             f"a {model.config.model} model's decoder takes no breed: use the latent method"
         )
     x = as_tensor(model, pixels)
-    penalty = parent_penalty(len(model.breeds)) if penalty is None else penalty
-    fit = explain_by_synthesis(model, x, encoded.class_log_probs[0], penalty)
+    penalty = parent_penalty(len(knowledge.breeds)) if penalty is None else penalty
     index = {name: i for i, name in enumerate(knowledge.breeds)}
-    known = [b for b in fit.ranking if model.breeds[b] in index]
+    known = np.array([name in index for name in model.breeds])  # only these can be answered
+    fit = explain_by_synthesis(model, x, encoded.class_log_probs[0], penalty, allowed=known)
     found = Explanation(
         parents=[index[model.breeds[b]] for b in fit.parents],
         shares=fit.shares,
-        ranking=[index[model.breeds[b]] for b in known],
+        ranking=[index[model.breeds[b]] for b in fit.ranking if known[b]],
         residual=fit.nelbo,
         mixture=encoded.mu[0],
     )
@@ -310,10 +314,8 @@ def mixture_picture(knowledge: BreedKnowledge, encoded: Encoded, found: Explanat
     model = knowledge.model
     if not model.conditional:
         return to_uint8(decode_codes(model, found.mixture[None]))[0]
-    weights = np.zeros((1, len(model.breeds) + 1), np.float32)
-    for b, share in zip(found.parents, found.shares, strict=True):
-        weights[0, model.breeds.index(knowledge.breeds[b])] = share
-    return to_uint8(decode_codes(model, encoded.mu, weights))[0]
+    weights = knowledge.breed_weights(dict(zip(found.parents, found.shares, strict=True)))
+    return to_uint8(decode_codes(model, encoded.mu, weights[None]))[0]
 
 
 def _ancestry_picture(knowledge, pixels, encoded, found: Explanation, out) -> Path:
@@ -368,15 +370,6 @@ def read_mutts(mutts_dir: str | Path, breeds: list[str]) -> tuple[list[Mutt], li
     if not mutts:
         raise DataError(f"{table} lists no mutts")
     return mutts, paths
-
-
-def encode_photo_files(model: BaseVAE, paths: list[Path], batch: int = 64) -> Encoded:
-    """Photo files through the encoder, a batch at a time."""
-    parts = [
-        encode_images(model, read_photos(model, paths[start : start + batch]))
-        for start in range(0, len(paths), batch)
-    ]
-    return Encoded(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Encoded)))
 
 
 def parent_recovery(
@@ -467,13 +460,9 @@ def evaluate_ancestry(
 def _explain_all(knowledge, pixels, encoded, penalty, method) -> list[Explanation]:
     rows = range(len(pixels))
     return [
-        answer_ancestry(knowledge, pixels[i : i + 1], _row(encoded, i), 3, penalty, method)[1]
+        answer_ancestry(knowledge, pixels[i : i + 1], encoded.rows([i]), 3, penalty, method)[1]
         for i in rows
     ]
-
-
-def _row(encoded: Encoded, i: int) -> Encoded:
-    return Encoded(*(getattr(encoded, f.name)[i : i + 1] for f in fields(Encoded)))
 
 
 def _recovery(knowledge, pixels, encoded, mutts, penalty, method) -> dict:

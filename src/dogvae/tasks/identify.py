@@ -100,16 +100,19 @@ def breed_pictures(knowledge: BreedKnowledge, breeds: list[int]) -> np.ndarray:
     from dogvae.tasks.mixing import decode_codes
 
     rows = knowledge.medoid_rows[np.asarray(breeds, np.int64)]
-    photos = knowledge.photos_of_rows(rows)
-    if photos is not None:
-        return photos
-    codes = knowledge.store.mu[rows]
-    weights = None
-    if knowledge.model.conditional:
-        weights = np.eye(len(knowledge.model.breeds) + 1, dtype=np.float32)[
-            [knowledge.model.breeds.index(knowledge.breeds[b]) for b in breeds]
-        ]
-    return to_uint8(decode_codes(knowledge.model, codes, weights))
+    size = knowledge.model.config.image_size
+    pictures = np.full((len(rows), size, size, 3), 255, np.uint8)  # no training dog: blank
+    have = np.flatnonzero(rows >= 0)
+    if len(have) == 0:
+        return pictures
+    photos = knowledge.photos_of_rows(rows[have])
+    if photos is None:
+        weights = None
+        if knowledge.model.conditional:
+            weights = np.stack([knowledge.breed_weights({breeds[i]: 1.0}) for i in have])
+        photos = to_uint8(decode_codes(knowledge.model, knowledge.store.mu[rows[have]], weights))
+    pictures[have] = photos
+    return pictures
 
 
 def photo_files(folder: str | Path) -> list[Path]:

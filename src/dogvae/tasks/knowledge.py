@@ -120,6 +120,7 @@ class BreedKnowledge:
             self.probe.temperature,
             {**report[chosen], "log_loss": report.get("log_loss"), "ece_before": report.get("ece_before"),
              "ece_after": report.get("ece_after"), "n_val": report["n_val"],
+             "temperature": self.probe.temperature,
              "chance_top1": report["chance_top1"], "chance_top5": report["chance_top5"]},
         )  # fmt: skip
 
@@ -129,6 +130,21 @@ class BreedKnowledge:
         return (
             None if self.has_classifier else PLAIN_CODES_NOTE.format(kind=self.model.config.model)
         )
+
+    def model_breed(self, breed: int) -> int:
+        """A store breed's column in a conditional model's breed weights: its own index, or
+        the last column ("unknown breed") for a breed the model was not trained on."""
+        name = self.breeds[breed]
+        return (
+            self.model.breeds.index(name) if name in self.model.breeds else len(self.model.breeds)
+        )
+
+    def breed_weights(self, shares: dict[int, float]) -> np.ndarray:
+        """(n_model_breeds + 1,) a conditional model's weights for store breeds' shares."""
+        weights = np.zeros(len(self.model.breeds) + 1, np.float32)
+        for breed, share in shares.items():
+            weights[self.model_breed(breed)] += share
+        return weights
 
     def classifier_scores(self, class_log_probs: np.ndarray) -> np.ndarray:
         """The classifier's log-probabilities over the model's breeds -> over the store's,

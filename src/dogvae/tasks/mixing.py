@@ -93,14 +93,21 @@ def needs_store(model: BaseVAE, names: list[str], breed_as: str) -> bool:
     return bool(breed_ends(model, names)) and (not model.conditional or breed_as == "medoid")
 
 
+def encoded_breed_weights(model: BaseVAE, encoded: Encoded) -> np.ndarray | None:
+    """(N, n_breeds + 1) the breed weights a conditional model encoded each photo with
+    (ssvae: its classifier's likeliest; cvae: unknown); None for a plain VAE."""
+    if not model.conditional:
+        return None
+    scores = encoded.class_log_probs
+    breeds = np.argmax(scores, 1) if scores.shape[1] else [None] * len(scores)
+    return np.stack([breed_weights(model, None if b is None else int(b)) for b in breeds])
+
+
 def photo_end(model: BaseVAE, pixels: np.ndarray, encoded: Encoded, label: str) -> EndPoint:
     """A photo (S, S, 3) encoded by `encode_images`: its posterior mean and, for a conditional
-    model, the breed it was encoded with (ssvae: its classifier's likeliest; cvae: unknown)."""
-    weights = None
-    if model.conditional:
-        scores = encoded.class_log_probs[0]
-        weights = breed_weights(model, int(np.argmax(scores)) if len(scores) else None)
-    return EndPoint(encoded.mu[0], label, pixels, weights)
+    model, the breed weights it was encoded with."""
+    weights = encoded_breed_weights(model, encoded)
+    return EndPoint(encoded.mu[0], label, pixels, None if weights is None else weights[0])
 
 
 def breed_end(knowledge, model: BaseVAE, name: str, breed_as: str = "medoid") -> EndPoint:
@@ -122,7 +129,7 @@ def breed_end(knowledge, model: BaseVAE, name: str, breed_as: str = "medoid") ->
     row = knowledge.medoid_rows[index]
     if row < 0:
         raise DogvaeError(f"breed {label!r} has no training images in the store")
-    weights = breed_weights(model, model.breeds.index(label)) if model.conditional else None
+    weights = knowledge.breed_weights({index: 1.0}) if model.conditional else None
     return EndPoint(knowledge.store.mu[row], label, breed=weights)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dogvae.latents import encode_images
 from dogvae.metrics import psnr_per_image
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png
@@ -16,10 +17,13 @@ from dogvae.tasks.inputs import as_tensor, read_photos
 @torch.no_grad()
 def reconstruct_pixels(model: BaseVAE, pixels: np.ndarray) -> tuple[torch.Tensor, list[float]]:
     """uint8 (N, S, S, 3) photos -> their reconstructions (N, 3, S, S) on the CPU, each the
-    posterior mean decoded with the breed the model resolves for it, and each PSNR in dB."""
-    x = as_tensor(model, pixels)
-    recon = model.reconstruct(x)
-    return recon.cpu(), psnr_per_image(recon, x).cpu().tolist()
+    posterior mean decoded with the breed it was encoded with (as `encode_images` resolves it
+    for every other answer), and each PSNR in dB."""
+    from dogvae.tasks.mixing import decode_codes, encoded_breed_weights
+
+    encoded = encode_images(model, pixels)
+    recon = decode_codes(model, encoded.mu, encoded_breed_weights(model, encoded))
+    return recon, psnr_per_image(recon, as_tensor(model, pixels).cpu()).tolist()
 
 
 @torch.no_grad()

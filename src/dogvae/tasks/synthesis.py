@@ -30,15 +30,14 @@ BATCH = 256
 @dataclass
 class SynthesisFit:
     """The chosen mixture (breed indices of the model, shares summing to one), every
-    candidate breed ranked, the negative ELBO of the chosen mixture and of the best single
-    breed (nats), and the chosen weights themselves (n_breeds + 1, for decoding)."""
+    candidate breed ranked, and the negative ELBO of the chosen mixture and of the best
+    single breed (nats)."""
 
     parents: list[int]
     shares: list[float]
     ranking: list[int]
     nelbo: float
     single_nelbo: float
-    weights: np.ndarray
 
     @property
     def gain(self) -> float:
@@ -70,13 +69,19 @@ def mixture_weights(n_weights: int, parents, shares) -> np.ndarray:
     return w
 
 
-def candidate_breeds(model: BaseVAE, x: torch.Tensor, class_log_probs: np.ndarray) -> list[int]:
-    """The breeds worth trying: the classifier's likeliest, else the best single explainers."""
+def candidate_breeds(
+    model: BaseVAE, x: torch.Tensor, class_log_probs: np.ndarray, allowed: np.ndarray
+) -> list[int]:
+    """The allowed breeds worth trying: the classifier's likeliest, else the best single
+    explainers."""
     n = len(model.breeds)
     if len(class_log_probs):
-        return [int(b) for b in np.argsort(-class_log_probs, kind="stable")[:CANDIDATES]]
-    singles = negative_elbo(model, x, torch.eye(n + 1)[:n])
-    return [int(b) for b in np.argsort(singles.numpy(), kind="stable")[:CANDIDATES]]
+        scores = np.where(allowed, class_log_probs, -np.inf)
+    else:
+        scores = -negative_elbo(model, x, torch.eye(n + 1)[:n]).numpy().astype(np.float64)
+        scores = np.where(allowed, scores, -np.inf)
+    order = [int(b) for b in np.argsort(-scores, kind="stable") if allowed[b]]
+    return order[:CANDIDATES]
 
 
 def _pairs(candidates):
@@ -105,12 +110,17 @@ def _refined(parents, shares):
 
 
 def explain_by_synthesis(
-    model: BaseVAE, x: torch.Tensor, class_log_probs: np.ndarray, penalty: float
+    model: BaseVAE,
+    x: torch.Tensor,
+    class_log_probs: np.ndarray,
+    penalty: float,
+    allowed: np.ndarray | None = None,
 ) -> SynthesisFit:
-    """The mixture of one to three breeds whose weights make the photo x (1, 3, S, S) likeliest
-    under the model, less `penalty` nats per extra parent."""
+    """The mixture of one to three breeds (among `allowed`, default all) whose weights make
+    the photo x (1, 3, S, S) likeliest under the model, less `penalty` nats per extra parent."""
     n_weights = len(model.breeds) + 1
-    candidates = candidate_breeds(model, x, class_log_probs)
+    allowed = np.ones(len(model.breeds), bool) if allowed is None else allowed
+    candidates = candidate_breeds(model, x, class_log_probs, allowed)
     fits = [((b,), (1.0,)) for b in candidates] + list(_pairs(candidates))
     fits += list(_triples(candidates))
     scores = _score(model, x, fits, n_weights)
@@ -133,7 +143,6 @@ def explain_by_synthesis(
         ranking=_ranking(fits, penalised, parents, candidates, len(model.breeds)),
         nelbo=float(scores[chosen]),
         single_nelbo=float(scores[sizes == 1].min()),
-        weights=mixture_weights(n_weights, parents, shares),
     )
 
 
