@@ -101,6 +101,16 @@ def sigint_at_step(monkeypatch, n: int):
         monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
 
 
+def damage_file(path: Path, how: str) -> None:
+    """Cut a file in half ("truncated") or flip one byte in its middle ("flipped")."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(data)
+
+
 def shared_path(name: str) -> Path:
     """A folder under ../shared/data, or skip the test with the reason it is missing."""
     path = SHARED_DATA / name

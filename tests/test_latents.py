@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, damage_file
 
 from dogvae import checkpoint
 from dogvae.data.cache import load_images
@@ -175,18 +175,10 @@ def test_a_damaged_store_is_rebuilt_or_one_line_without_its_data(synth_data, tmp
     model = save_untrained_run(run, data, seed=0)
     first = open_store(model, run, progress=False)
 
-    def damage_store():
-        store = bytearray((run / STORE_FILE).read_bytes())
-        if damage == "truncated":
-            store = store[: len(store) // 2]
-        else:
-            store[len(store) // 2] ^= 0xFF
-        (run / STORE_FILE).write_bytes(store)
-
-    damage_store()
+    damage_file(run / STORE_FILE, damage)
     rebuilt = open_store(model, run, progress=False)
     assert rebuilt.encoded and np.array_equal(rebuilt.mu, first.mu)
-    damage_store()
+    damage_file(run / STORE_FILE, damage)
     shutil.rmtree(data)
     with pytest.raises(DogvaeError, match=f"{STORE_FILE} is not a readable latent store"):
         open_store(model, run, progress=False)

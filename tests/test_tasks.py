@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import train_tiny_run
+from conftest import damage_file, train_tiny_run
 from PIL import Image, ImageDraw
 
 from dogvae import checkpoint
@@ -361,12 +361,7 @@ def test_a_damaged_probe_file_is_refitted(loaded, tiny_run, damage):
     model, store = loaded
     run = tiny_run[0]
     fitted = breed_probe(store, run)
-    saved = bytearray((run / PROBE_FILE).read_bytes())
-    if damage == "truncated":
-        saved = saved[: len(saved) // 2]
-    else:
-        saved[len(saved) // 2] ^= 0xFF
-    (run / PROBE_FILE).write_bytes(saved)
+    damage_file(run / PROBE_FILE, damage)
     refitted = breed_probe(store, run)
     assert refitted.kind == fitted.kind and refitted.report == fitted.report
     assert load_probe(store, run / PROBE_FILE).report == fitted.report  # saved again
@@ -377,12 +372,7 @@ def test_a_damaged_sampler_file_is_fitted_again(loaded, tiny_run, damage):
     _, store = loaded
     run = tiny_run[0]
     fitted = latent_mixture(store, run)
-    saved = bytearray((run / MIXTURE_FILE).read_bytes())
-    if damage == "truncated":
-        saved = saved[: len(saved) // 2]
-    else:
-        saved[len(saved) // 2] ^= 0xFF
-    (run / MIXTURE_FILE).write_bytes(saved)
+    damage_file(run / MIXTURE_FILE, damage)
     assert load_mixture(store, run / MIXTURE_FILE) is None  # damaged: not read as a mixture
     again = latent_mixture(store, run)
     assert np.allclose(again.means, fitted.means) and np.allclose(again.weights, fitted.weights)
