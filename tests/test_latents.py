@@ -182,3 +182,22 @@ def test_a_damaged_store_is_rebuilt_or_one_line_without_its_data(synth_data, tmp
     shutil.rmtree(data)
     with pytest.raises(DogvaeError, match=f"{STORE_FILE} is not a readable latent store"):
         open_store(model, run, progress=False)
+
+
+def test_a_read_only_run_folder_answers_from_a_store_and_probe_kept_in_memory(
+    synth_data, tmp_path, monkeypatch
+):
+    from dogvae.tasks import probe
+
+    model = save_untrained_run(tmp_path / "run", synth_data, seed=0)
+
+    def read_only(*args, **kwargs):  # as a read-only run folder does (root ignores chmod)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(LatentStore, "save", read_only)
+    monkeypatch.setattr(probe, "save_probe", read_only)
+    store = open_store(model, tmp_path / "run", progress=False)
+    assert store.encoded and not (tmp_path / "run" / STORE_FILE).exists()
+    fitted = probe.breed_probe(store, tmp_path / "run")
+    assert fitted.report == probe.choose_probe(store).report
+    assert not (tmp_path / "run" / probe.PROBE_FILE).exists()

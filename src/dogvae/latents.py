@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import math
 import sys
 import zipfile
@@ -39,6 +40,8 @@ from dogvae.losses import kl_per_dim, reconstruction_nll
 from dogvae.metrics import mse_per_image
 from dogvae.model import BaseVAE
 from dogvae.precision import inference_autocast
+
+log = logging.getLogger(__name__)
 
 STORE_FILE = "latents.npz"
 STORE_FORMAT = "dogvae-latents/4"
@@ -472,7 +475,10 @@ def open_store(
             if (store.weights_sha256, store.data_key) == (weights_fingerprint(model), data_key):
                 return store
     store = encode_dataset(model, data_dir, progress=progress, images=images)
-    store.save(path)
+    try:
+        store.save(path)
+    except OSError as exc:  # a read-only run folder: answer from memory this time
+        log.warning("latent store not saved (%s): it is encoded again next time", exc)
     return store
 
 

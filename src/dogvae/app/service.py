@@ -42,7 +42,6 @@ from dogvae.errors import DogvaeError
 from dogvae.latents import (
     Encoded,
     LatentStore,
-    encode_dataset,
     encode_images,
     open_store,
 )
@@ -63,7 +62,7 @@ from dogvae.tasks.mixing import (
     photo_end,
     strip_picture,
 )
-from dogvae.tasks.reconstruct import reconstruct_pixels
+from dogvae.tasks.reconstruct import reconstruct_encoded
 from dogvae.tasks.sample import DEFAULT_SOURCE, draw_dogs, needs_mixture, sampler_used
 
 MAX_UPLOAD_BYTES = 20_000_000  # 20 MB: a phone photo is 2-8 MB
@@ -221,12 +220,8 @@ class ServedRun:
 
     def _open_store(self, data, progress) -> tuple[LatentStore | None, str | None]:
         """The run's latent store (built now if missing), or None and why not."""
-        try:
-            try:
-                return open_store(self.model, self.run, data, progress=progress), None
-            except OSError:  # a read-only run folder: encode, but keep the store in memory
-                data = data or self.model.info.get("train", {}).get("data")
-                return encode_dataset(self.model, data, progress=progress), None
+        try:  # a read-only run folder keeps the store in memory (`open_store`)
+            return open_store(self.model, self.run, data, progress=progress), None
         except (DogvaeError, OSError) as exc:
             return None, (
                 f"breed questions are off: the latent store could not be opened ({exc}). "
@@ -333,9 +328,10 @@ class ServedRun:
         return self.store
 
     def reconstruct(self, photo: Photo) -> dict:
-        """`tasks.reconstruct.reconstruct_pixels`, as `dogvae reconstruct` gives it."""
+        """`tasks.reconstruct.reconstruct_encoded` of the photo encoded at upload, as `dogvae
+        reconstruct` gives it."""
         with self._inference():
-            recon, psnr = reconstruct_pixels(self.model, photo.pixels[None])
+            recon, psnr = reconstruct_encoded(self.model, photo.pixels[None], photo.encoded)
         return {
             "photo": self.describe(photo),
             "reconstruction": data_url(to_uint8(recon)[0]),

@@ -222,7 +222,7 @@ def default_method(model: BaseVAE) -> str:
 
 def answer_ancestry(
     knowledge: BreedKnowledge,
-    pixels: np.ndarray,
+    pixels: np.ndarray | None,
     encoded: Encoded,
     top: int = 3,
     penalty: float | None = None,
@@ -320,11 +320,10 @@ def mixture_picture(knowledge: BreedKnowledge, encoded: Encoded, found: Explanat
 
 def _ancestry_picture(knowledge, pixels, encoded, found: Explanation, out) -> Path:
     from dogvae.tasks.identify import breed_pictures
+    from dogvae.tasks.reconstruct import reconstruct_encoded
 
     model = knowledge.model
-    x = as_tensor(model, pixels)
-    with torch.no_grad():
-        recon = to_uint8(model.reconstruct(x).cpu())
+    recon = to_uint8(reconstruct_encoded(model, pixels, encoded)[0])
     tiles = np.concatenate(
         [pixels, recon, mixture_picture(knowledge, encoded, found)[None],
          breed_pictures(knowledge, found.parents)]
@@ -458,10 +457,17 @@ def evaluate_ancestry(
 
 
 def _explain_all(knowledge, pixels, encoded, penalty, method) -> list[Explanation]:
-    rows = range(len(pixels))
+    """Each photo's explanation; `pixels` may be None for the latent method, which reads none."""
     return [
-        answer_ancestry(knowledge, pixels[i : i + 1], encoded.rows([i]), 3, penalty, method)[1]
-        for i in rows
+        answer_ancestry(
+            knowledge,
+            None if pixels is None else pixels[i : i + 1],
+            encoded.rows([i]),
+            3,
+            penalty,
+            method,
+        )[1]
+        for i in range(len(encoded.mu))
     ]
 
 
@@ -493,9 +499,7 @@ def _purebreds_as_one(knowledge, rows, penalty, method, limit: int = 200) -> dic
     pixels = knowledge.photos_of_rows(rows) if method == "synthesis" else None
     if method == "synthesis" and pixels is None:
         return {"purebreds_as_one_breed": None, "n_purebreds": 0}
-    encoded = store.as_encoded(rows)
-    pixels = pixels if pixels is not None else np.zeros((len(rows), 1, 1, 3), np.uint8)
-    found = _explain_all(knowledge, pixels, encoded, penalty, method)
+    found = _explain_all(knowledge, pixels, store.as_encoded(rows), penalty, method)
     own = [f.parents == [store.labels[r]] for f, r in zip(found, rows, strict=True)]
     return {"purebreds_as_one_breed": float(np.mean(own)), "n_purebreds": len(rows)}
 

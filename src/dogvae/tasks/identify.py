@@ -26,6 +26,7 @@ from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png
 from dogvae.tasks.inputs import as_tensor, read_photos
 from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.reconstruct import reconstruct_encoded
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +76,21 @@ def identify(
     reconstruction and a typical training dog of each top breed."""
     knowledge = knowledge or BreedKnowledge(model, store, run)
     pixels = read_photos(model, [photo])
-    result = {"image": str(photo), **answer_identify(knowledge, encode_images(model, pixels), top)}
+    encoded = encode_images(model, pixels)
+    result = {"image": str(photo), **answer_identify(knowledge, encoded, top)}
     if out is not None:
-        result["picture"] = str(_identify_picture(knowledge, pixels, result["top"], out))
+        result["picture"] = str(_identify_picture(knowledge, pixels, encoded, result["top"], out))
     return result
 
 
 @torch.no_grad()
-def _identify_picture(knowledge: BreedKnowledge, pixels, top: list[dict], out) -> Path:
+def _identify_picture(knowledge: BreedKnowledge, pixels, encoded, top: list[dict], out) -> Path:
     model = knowledge.model
     x = as_tensor(model, pixels)
     indices = [knowledge.breeds.index(t["breed"]) for t in top]
     breeds = torch.from_numpy(breed_pictures(knowledge, indices)).permute(0, 3, 1, 2) / 255
-    tiles = torch.cat([x.cpu(), model.reconstruct(x).cpu(), breeds])
+    recon = reconstruct_encoded(model, pixels, encoded)[0]
+    tiles = torch.cat([x.cpu(), recon, breeds])
     captions = ["photo", "reconstruction"] + [f"{t['breed']} {t['probability']:.0%}" for t in top]
     scale = max(1, 128 // model.config.image_size)
     return save_png(image_grid(tiles, ncols=len(tiles), captions=captions, scale=scale), out)

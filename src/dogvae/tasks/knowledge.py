@@ -88,10 +88,7 @@ class BreedKnowledge:
 
     @cached_property
     def probe(self) -> BreedProbe:
-        try:
-            return breed_probe(self.store, self.run)
-        except OSError:  # a read-only run folder: fit it, keep it in memory
-            return breed_probe(self.store, None)
+        return breed_probe(self.store, self.run)
 
     @cached_property
     def classifier(self) -> Calibration | None:

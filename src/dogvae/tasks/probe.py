@@ -11,6 +11,7 @@ when the latent store changes.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 
 from dogvae.errors import DogvaeError
 from dogvae.latents import STORE_FORMAT, LatentStore, load_derived, save_derived
+
+log = logging.getLogger(__name__)
 
 PROBE_FILE = "probes.npz"
 PROBE_FORMAT = f"dogvae-probe/1 on {STORE_FORMAT}"
@@ -216,11 +219,14 @@ def load_probe(store: LatentStore, path: Path) -> BreedProbe | None:
 
 def breed_probe(store: LatentStore, run: str | Path | None = None) -> BreedProbe:
     """The run's probe: loaded from `RUN/probes.npz` when it matches the store, else fitted
-    (and saved there when `run` is given)."""
+    (and saved there when `run` is given and writable)."""
     path = Path(run) / PROBE_FILE if run is not None else None
     probe = load_probe(store, path) if path is not None else None
     if probe is None:
         probe = choose_probe(store)
         if path is not None:
-            save_probe(probe, store, path)
+            try:
+                save_probe(probe, store, path)
+            except OSError as exc:  # a read-only run folder: keep it in memory
+                log.warning("breed probe not saved (%s)", exc)
     return probe

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dogvae.latents import encode_images
+from dogvae.latents import Encoded, encode_images
 from dogvae.metrics import psnr_per_image
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png
@@ -15,15 +15,21 @@ from dogvae.tasks.inputs import as_tensor, read_photos
 
 
 @torch.no_grad()
-def reconstruct_pixels(model: BaseVAE, pixels: np.ndarray) -> tuple[torch.Tensor, list[float]]:
-    """uint8 (N, S, S, 3) photos -> their reconstructions (N, 3, S, S) on the CPU, each the
-    posterior mean decoded with the breed it was encoded with (as `encode_images` resolves it
-    for every other answer), and each PSNR in dB."""
+def reconstruct_encoded(
+    model: BaseVAE, pixels: np.ndarray, encoded: Encoded
+) -> tuple[torch.Tensor, list[float]]:
+    """uint8 (N, S, S, 3) photos, already through `encode_images` -> their reconstructions
+    (N, 3, S, S) on the CPU, each the posterior mean decoded with the breed it was encoded
+    with (as every other answer reads it), and each PSNR in dB."""
     from dogvae.tasks.mixing import decode_codes, encoded_breed_weights
 
-    encoded = encode_images(model, pixels)
     recon = decode_codes(model, encoded.mu, encoded_breed_weights(model, encoded))
     return recon, psnr_per_image(recon, as_tensor(model, pixels).cpu()).tolist()
+
+
+def reconstruct_pixels(model: BaseVAE, pixels: np.ndarray) -> tuple[torch.Tensor, list[float]]:
+    """`reconstruct_encoded` of photos not encoded yet."""
+    return reconstruct_encoded(model, pixels, encode_images(model, pixels))
 
 
 @torch.no_grad()
