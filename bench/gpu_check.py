@@ -238,7 +238,7 @@ def throughput_run(
 
 def step_throughput(check: Check) -> dict:
     if check.cuda:
-        from dogvae.train import cuda_has_native_bf16
+        from dogvae.precision import cuda_has_native_bf16
 
         precision = "bf16" if cuda_has_native_bf16(torch.device("cuda", 0)) else "fp32"
         presets, steps, batch, compiles = GPU_PRESETS, 20, None, [False, True]

@@ -40,14 +40,11 @@ from pathlib import Path
 import torch
 
 from dogvae.model import PRESETS, build_model, preset_config
+from dogvae.optim import make_optimizer
+from dogvae.precision import cpu_has_native_bf16
+from dogvae.runtime import auto_channels_last
 from dogvae.synth import synthesize
-from dogvae.train import (
-    TrainConfig,
-    auto_channels_last,
-    cpu_has_native_bf16,
-    make_optimizer,
-    train,
-)
+from dogvae.train import TrainConfig, train
 
 BATCH_SIZE: int | None = None  # --batch-size: every loop's batch instead of the preset's
 

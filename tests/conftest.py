@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dogvae.callbacks import Callback
+
 SHARED_DATA = Path(
     os.environ.get("DOGVAE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
@@ -81,24 +83,41 @@ def train_tiny_run(
     return run, data
 
 
+class SignalAtStep(Callback):
+    """A training callback that sends this process `signum` (Ctrl-C by default), as a user
+    would, at the start of its `step`th training step (from 1): the run stops after that step."""
+
+    def __init__(self, step: int, signum: int = signal.SIGINT):
+        self.step, self.signum, self.steps = step, signum, 0
+
+    def on_step_begin(self, trainer, epoch, batch):
+        self.steps += 1
+        if self.steps == self.step:
+            signal.raise_signal(self.signum)
+
+
 @contextlib.contextmanager
-def sigint_at_step(monkeypatch, n: int):
-    """Ctrl-C, as a user presses it, during the `n`th training step of what runs inside."""
-    import dogvae.train as train_module
+def signal_once(path: Path, signum: int = signal.SIGINT):
+    """Send this process `signum` as soon as `path` exists (from a watching thread): a signal
+    from outside, at a moment the code inside does not choose."""
+    import threading
 
-    real_kl_weight, steps = train_module.kl_weight, []
+    done = threading.Event()
 
-    def counting(*args):
-        steps.append(1)
-        if len(steps) == n:
-            signal.raise_signal(signal.SIGINT)
-        return real_kl_weight(*args)
+    def watch():
+        while not done.is_set():
+            if path.exists():
+                signal.raise_signal(signum)
+                return
+            done.wait(0.002)
 
-    monkeypatch.setattr(train_module, "kl_weight", counting)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        monkeypatch.setattr(train_module, "kl_weight", real_kl_weight)
+        done.set()
+        watcher.join()
 
 
 def damage_file(path: Path, how: str) -> None:

@@ -17,11 +17,10 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, SignalAtStep, signal_once
 from safetensors.torch import load_file
 
 import dogvae
-import dogvae.train as train_module
 from dogvae import checkpoint
 from dogvae.atomic import CRASH_ENV
 from dogvae.cli import main
@@ -143,27 +142,13 @@ def test_a_run_saved_before_generations_resumes_and_moves_into_them(small_data, 
     assert leftovers(run) == []
 
 
-def stop_at_step(monkeypatch, step: int, signum: int) -> None:
-    """Raise `signum` in this process during training step `step` (from 1)."""
-    real_kl_weight, calls = train_module.kl_weight, []
-
-    def signal_on_that_step(*args):
-        calls.append(1)
-        if len(calls) == step:
-            signal.raise_signal(signum)
-        return real_kl_weight(*args)
-
-    monkeypatch.setattr(train_module, "kl_weight", signal_on_that_step)
-
-
 def test_a_stop_on_an_epochs_last_step_resumes_to_the_same_weights_and_figures(
     small_data, uninterrupted, tmp_path, monkeypatch, one_thread
 ):
     run = tmp_path / "run"
-    stop_at_step(monkeypatch, 2, signal.SIGINT)  # the first epoch has 2 steps
-    result = train(TrainConfig(**config(small_data, run)))
+    # the first epoch has 2 steps
+    result = train(TrainConfig(**config(small_data, run)), callbacks=[SignalAtStep(2)])
     assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 2, "signal": "SIGINT"}
-    monkeypatch.undo()
     train(TrainConfig(**config(small_data, run, resume=True)))  # was UnboundLocalError: beta
     assert_same_weights(uninterrupted / "last.safetensors", run / "last.safetensors")
     straight = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").open()]
@@ -181,10 +166,9 @@ def test_a_run_stopped_by_a_signal_exits_128_plus_its_number(
     run, settings = tmp_path / "run", tmp_path / "tiny.json"
     settings.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 8}}))
     args = ["train", "--data", str(small_data), "--out", str(run), "--config", str(settings)]
-    stop_at_step(monkeypatch, 1, signum)
-    assert main(args) == status
-    assert "resume with: dogvae train --out" in capsys.readouterr().out
-    monkeypatch.undo()
+    with signal_once(run / "tb", signum):  # made as training begins
+        assert main(args) == status
+    assert f"resume with: dogvae train --out {run} --resume" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 0
 
 

@@ -13,16 +13,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, sigint_at_step, tiny_train_config
+from conftest import TINY_MODEL, SignalAtStep, tiny_train_config
 from PIL import Image
 from safetensors.torch import load_file
 
 import dogvae
-import dogvae.train as train_module
+from dogvae.callbacks import Callback
+from dogvae.data.loader import DeviceBatches
 from dogvae.latents import to_batch
 from dogvae.model import PRESETS
+from dogvae.precision import cuda_has_native_bf16
 from dogvae.synth import synthesize
-from dogvae.train import DeviceBatches, TrainConfig, cuda_has_native_bf16, train
+from dogvae.train import TrainConfig, train
 
 pytestmark = [
     pytest.mark.cuda,
@@ -70,14 +72,11 @@ def test_each_preset_trains_a_few_steps_on_cuda_from_the_device_cache(
     preset, synth_by_size, tmp_path, monkeypatch
 ):
     made = []
-    real_batches = train_module._batches
 
-    def spy(loader, cfg, rt):
-        batches = real_batches(loader, cfg, rt)
-        made.append(type(batches))
-        return batches
+    class BatchKinds(Callback):
+        def on_train_begin(self, trainer):
+            made.extend([type(trainer.setup.train_batches), type(trainer.setup.val_batches)])
 
-    monkeypatch.setattr(train_module, "_batches", spy)
     size = PRESETS[preset].model.image_size
     run = tmp_path / "run"
     summary = train(
@@ -90,7 +89,8 @@ def test_each_preset_trains_a_few_steps_on_cuda_from_the_device_cache(
             warmup_steps=2,
             progress=False,
             device="cuda",
-        )  # fmt: skip
+        ),  # fmt: skip
+        callbacks=[BatchKinds()],
     )
     assert made == [DeviceBatches, DeviceBatches]  # training and validation batches on the GPU
     assert all(math.isfinite(value) for value in summary["val"].values()), summary["val"]
@@ -117,8 +117,7 @@ def test_resume_on_cuda_after_ctrl_c_ends_bit_for_bit_like_an_uninterrupted_run(
     data = synth_by_size(32)
     train(tiny_config(data, tmp_path / "straight", **settings))
 
-    with sigint_at_step(monkeypatch, 4):
-        result = train(tiny_config(data, tmp_path / "stopped", **settings))
+    result = train(tiny_config(data, tmp_path / "stopped", **settings), callbacks=[SignalAtStep(4)])
     assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4, "signal": "SIGINT"}
     train(tiny_config(data, tmp_path / "stopped", resume=True, **settings))
 

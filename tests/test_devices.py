@@ -15,16 +15,12 @@ import dogvae
 from dogvae import checkpoint
 from dogvae.cli import _train_config, build_parser
 from dogvae.data.cache import ImageSet
-from dogvae.data.loader import CachedImages, make_loader, set_epoch
+from dogvae.data.loader import CachedImages, DeviceBatches, make_loader, set_epoch
 from dogvae.errors import CheckpointError, DogvaeError
+from dogvae.precision import cuda_has_native_bf16
+from dogvae.runtime import setup_runtime
 from dogvae.synth import synthesize
-from dogvae.train import (
-    DeviceBatches,
-    TrainConfig,
-    cuda_has_native_bf16,
-    setup_runtime,
-    train,
-)
+from dogvae.train import TrainConfig, train
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
 from dogvae.checkpoint import model_from_info, read_config
+from dogvae.runtime import weights_fingerprint
 from dogvae.synth import synthesize
-from dogvae.train import TrainConfig, train, weights_fingerprint
+from dogvae.train import TrainConfig, train
 
 PLAIN_TINY_MODEL = {**TINY_MODEL, "norm": "none", "model": "vae"}
 TRAIN = {"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "progress": False, "device": "cpu"}

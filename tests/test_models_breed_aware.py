@@ -28,17 +28,16 @@ from dogvae.model import (
     build_model,
     photo_views,
 )
-from dogvae.synth import synthesize
-from dogvae.tasks import mix, sample_dogs
-from dogvae.train import (
-    TrainConfig,
+from dogvae.optim import (
     clip_gradients,
     group_schedules,
     keep_saved_group_marks,
     make_optimizer,
     one_cycle_factor,
-    train,
 )
+from dogvae.synth import synthesize
+from dogvae.tasks import mix, sample_dogs
+from dogvae.train import TrainConfig, train
 
 TINY = {**TINY_MODEL, "classifier_widths": [8, 16, 32], "breed_embed_dim": 8}
 BREEDS = 3

@@ -11,17 +11,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, sigint_at_step, tiny_train_config
+from conftest import TINY_MODEL, SignalAtStep, tiny_train_config
 from safetensors.torch import load_file
 
 import dogvae
-import dogvae.train as train_module
 from dogvae import checkpoint
 from dogvae.atomic import atomic_path, remove_stale_temporaries, temporary_path, write_json
+from dogvae.callbacks import Callback
 from dogvae.cli import main
-from dogvae.errors import CheckpointError
+from dogvae.errors import CheckpointError, TrainingError
 from dogvae.synth import synthesize
-from dogvae.train import TrainConfig, TrainingError, train
+from dogvae.train import TrainConfig, train
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def test_a_preset_sets_its_training_defaults_and_explicit_settings_win():
 
 
 def test_the_seed_preset_keeps_the_keras_constant_learning_rate_and_the_others_decay():
-    from dogvae.train import group_schedules
+    from dogvae.optim import group_schedules
 
     seed = TrainConfig(data="d", out="o", preset="seed", epochs=10).resolved()
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=seed.lr)
@@ -69,7 +69,7 @@ def test_a_seed_run_saved_before_lr_schedule_resumes_with_the_cosine_it_began_wi
 
 FAULTS_SCRIPT = """
 import ctypes, resource
-from dogvae.train import keep_freed_memory
+from dogvae.runtime import keep_freed_memory
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
 size = 64 << 20  # over glibc's largest mmap threshold, like seed's dense-layer gradients
@@ -163,8 +163,8 @@ def test_ctrl_c_mid_epoch_saves_last_and_resume_matches_uninterrupted(
 ):
     train(tiny_train_config(tiny_data, tmp_path / "straight", epochs=2))
 
-    with sigint_at_step(monkeypatch, 4):
-        result = train(tiny_train_config(tiny_data, tmp_path / "stopped", epochs=2))
+    stopped = tiny_train_config(tiny_data, tmp_path / "stopped", epochs=2)
+    result = train(stopped, callbacks=[SignalAtStep(4)])
     assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 4, "signal": "SIGINT"}
     train(tiny_train_config(tiny_data, tmp_path / "stopped", epochs=2, resume=True))
 
@@ -181,16 +181,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     train(tiny_train_config(tiny_data, run, epochs=1))
     good = {name: (run / name).read_bytes() for name in ("model.safetensors", "last.safetensors")}
 
-    real_objective = train_module.BaseVAE.objective
+    class PoisonTheWeights(Callback):  # as a diverging run would leave them
+        def on_train_begin(self, trainer):
+            with torch.no_grad():
+                next(trainer.setup.model.parameters()).fill_(float("nan"))
 
-    def poisoned(self, *args, **kwargs):
-        out = real_objective(self, *args, **kwargs)
-        out.total = out.total * float("nan")
-        return out
-
-    monkeypatch.setattr(train_module.BaseVAE, "objective", poisoned)
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 1"):
-        train(tiny_train_config(tiny_data, run, epochs=2, resume=True))
+        train(
+            tiny_train_config(tiny_data, run, epochs=2, resume=True), callbacks=[PoisonTheWeights()]
+        )
     for name, data in good.items():
         assert (run / name).read_bytes() == data
     checkpoint.load(run)  # still loads
@@ -392,7 +391,7 @@ def test_the_model_trained_by_default_is_the_one_that_knows_breeds(
     import numpy as np
 
     from dogvae.model import preset_config
-    from dogvae.train import default_model
+    from dogvae.trainer import default_model
 
     labels = np.array([0, 1, 2, 0] if labelled else [-1, -1, -1, -1])
     overrides = {} if asked is None else {"model": asked}

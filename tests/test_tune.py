@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import sigint_at_step
+from conftest import SignalAtStep
 
 optuna = pytest.importorskip("optuna")
 
@@ -103,8 +103,9 @@ def test_a_study_refuses_other_settings_and_elbos_that_do_not_compare(tiny_data,
 def test_a_trial_stopped_by_ctrl_c_resumes_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
     base = {k: v for k, v in TINY_BASE.items() if k != "search"}
     space = SearchSpace.from_dict(TINY_BASE["search"])
-    with sigint_at_step(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        tune(tiny_data, tmp_path, trials=2, epochs=2, base=base, space=space)
+    with pytest.raises(KeyboardInterrupt):
+        tune(tiny_data, tmp_path, trials=2, epochs=2, base=base, space=space,
+             callbacks=[SignalAtStep(3)])  # fmt: skip
     assert (tmp_path / "trial-000" / "state.pt").is_file()
 
     tune(tiny_data, tmp_path, trials=1, epochs=2, base=base, space=space)

@@ -106,7 +106,8 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from dogvae.train import EXIT_STATUS, train
+    from dogvae.callbacks import EXIT_STATUS
+    from dogvae.train import train
 
     summary = train(_train_config(args))
     if args.json and summary:  # under torchrun only rank 0 returns a summary
@@ -538,11 +539,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is when a message comes."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def show_library_log() -> None:
     """The library's INFO messages on stderr, as plain lines (once per process)."""
     logger = logging.getLogger("dogvae")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

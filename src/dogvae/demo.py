@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 
 from dogvae.atomic import write_json
+from dogvae.callbacks import quality_line
 from dogvae.checkpoint import load
 from dogvae.data.cache import load_images
 from dogvae.data.loader import CachedImages
 from dogvae.data.split import stratified_split
 from dogvae.pictures import image_grid, pairs_grid, save_png
 from dogvae.synth import synthesize
-from dogvae.train import TrainConfig, quality_line, train
+from dogvae.train import TrainConfig, train
 
 DEMO_SYNTH = {"breeds": 8, "per_breed": 150, "size": 96, "mutts": 100, "seed": 0}
 

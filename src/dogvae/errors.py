@@ -21,3 +21,7 @@ class BadImage(DogvaeError):
 
 class CheckpointError(DogvaeError):
     """A run folder or checkpoint is missing, incomplete, or does not match its model."""
+
+
+class TrainingError(DogvaeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""

@@ -44,10 +44,12 @@ from dogvae.metrics import (
 )
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, pairs_grid, save_png
+from dogvae.runtime import Runtime, noise_rows
 from dogvae.tasks.clusters import cluster_latents
 from dogvae.tasks.identify import evaluate_identify
 from dogvae.tasks.knowledge import BreedKnowledge
 from dogvae.tasks.probe import choose_probe
+from dogvae.validation import validate
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -191,13 +193,10 @@ def training_summary(run: Path, model: BaseVAE) -> dict:
 
 def likelihood_figures(model: BaseVAE, images, rows: np.ndarray) -> dict:
     """ELBO, MSE, PSNR and active units on `rows`, computed exactly as training validates."""
-    from dogvae.train import Runtime, evaluate, noise_rows
-
     rt = Runtime(device=next(model.parameters()).device)
     batches = make_loader(CachedImages(images, rows), BATCH, shuffle=False)
     noise = noise_rows(len(rows), model.config.latent_dim, rt, torch.Generator().manual_seed(0))
-    figures = evaluate(model, batches, noise, rt)
-    model.eval()  # `evaluate` leaves the model in training mode
+    figures = validate(model, batches, noise, rt)
     return {
         "elbo": {
             "nats_per_image": figures["elbo"],

@@ -178,10 +178,12 @@ def tune(
     space: SearchSpace | None = None,
     base: dict | None = None,
     seed: int = 0,
+    callbacks=(),
 ) -> dict:
     """Run the study until it holds `trials` finished trials (or `timeout` seconds pass) and
     return its summary; writes OUT/best.json. `base` is a `dogvae train --config` dict the
-    drawn values go into (its "search" key, if any, narrows the space)."""
+    drawn values go into (its "search" key, if any, narrows the space); `callbacks` go to each
+    trial's `train`."""
     try:
         import optuna
     except ImportError as exc:
@@ -233,7 +235,7 @@ def tune(
                 raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
         cfg = _train_config(config, data, run)
-        summary = train(cfg, on_epoch=report)
+        summary = train(cfg, on_epoch=report, callbacks=callbacks)
         if summary.get("stopped"):  # Ctrl-C: queue this trial to resume from its checkpoint
             trial.study.enqueue_trial(trial.params, user_attrs={"run": str(run)})
             raise KeyboardInterrupt

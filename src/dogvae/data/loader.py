@@ -121,3 +121,50 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """`CachedImages.__getitems__` returns whole batches; there is nothing left to collate."""
     return batch
+
+
+class DeviceBatches:
+    """A loader's batches, made on `device` from a copy of its uint8 images held there.
+
+    On a GPU this takes the loader off the critical path: the pixels cross the bus once, and a
+    batch is one gather, flip and conversion on the GPU. The order (the loader's sampler) and the
+    flips (the dataset's per-epoch draw) are the loader's own, so the numbers of a run do not
+    depend on where its batches were made.
+    """
+
+    def __init__(self, loader, device: torch.device):
+        self.loader = loader
+        data: CachedImages = loader.dataset
+        self.pixels = torch.from_numpy(np.ascontiguousarray(data.images.images[data.rows]))
+        self.pixels = self.pixels.to(device)  # (n, S, S, 3) uint8
+        self.labels = torch.from_numpy(data.images.labels[data.rows].astype(np.int64)).to(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        device = self.pixels.device
+        # the flips `set_epoch` drew for this epoch (CachedImages keeps them per position)
+        flips = torch.from_numpy(self.loader.dataset._flips).to(device)
+        # the epoch's order crosses to the device in one copy, not one per batch
+        batches = [np.asarray(positions, np.int64) for positions in self.loader.batch_sampler]
+        if not batches:
+            return
+        order = torch.from_numpy(np.concatenate(batches)).to(device)
+        ends = np.cumsum([len(b) for b in batches]).tolist()
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            at = order[start:end]
+            x = self.pixels[at].permute(0, 3, 1, 2)  # (B, 3, S, S), channels_last in memory
+            x = torch.where(flips[at].view(-1, 1, 1, 1), x.flip(3), x)
+            yield x.float().div_(255.0), self.labels[at]
+
+
+def device_batches(loader: DataLoader, device_cache: str, device: torch.device):
+    """`loader` itself, or `DeviceBatches` over it when the device cache is "on", or "auto" on
+    a GPU where the images take under a quarter of its free memory (see TrainConfig)."""
+    data: CachedImages = loader.dataset
+    nbytes = len(data) * int(np.prod(data.images.images.shape[1:]))
+    fits = device.type == "cuda" and nbytes < torch.cuda.mem_get_info(device)[0] / 4
+    if device_cache == "on" or (device_cache == "auto" and fits):
+        return DeviceBatches(loader, device)
+    return loader
