@@ -508,3 +508,41 @@ def test_python_data_of_the_wrong_kind_is_one_clear_error(tmp_path):
             tiny_train_config("x", tmp_path / "run"),
             data=np.zeros((4, 32, 32, 3), np.uint8), labels=["a", "b", "a"],
         )  # fmt: skip
+
+
+def test_a_callback_added_from_python_sees_every_steps_named_statistics(tiny_data, tmp_path):
+    seen, records = [], []
+
+    class Watch(Callback):
+        def on_step_end(self, trainer, stats):
+            seen.append(stats)
+
+        def on_epoch_end(self, trainer, record):
+            records.append(record)
+
+    summary = train(tiny_train_config(tiny_data, tmp_path / "run", epochs=2), callbacks=[Watch()])
+    steps = records[0]["step"]
+    assert [s.step for s in seen] == list(range(1, 2 * steps + 1))
+    assert [(s.epoch, s.batch) for s in seen[:steps]] == [(0, b) for b in range(steps)]
+    assert all(s.images == 16 and not (s.sigint or s.sigterm) for s in seen)
+    # the epoch's training figures are the image-weighted means of its steps' figures
+    for epoch, record in enumerate(records):
+        mine = [s for s in seen if s.epoch == epoch]
+        for name in ("loss", "recon", "kl"):
+            mean = sum(getattr(s, name) * s.images for s in mine) / sum(s.images for s in mine)
+            assert record["train"][name] == pytest.approx(mean, rel=1e-12)
+    assert seen[-1].recon < seen[0].recon  # it learns
+    assert summary["best_epoch"] in (1, 2)
+
+
+def test_a_callback_can_stop_a_run_that_then_resumes(tiny_data, tmp_path):
+    class StopAfterThree(Callback):
+        def on_step_end(self, trainer, stats):
+            if stats.step == 3:
+                trainer.request_stop("enough")
+
+    cfg = tiny_train_config(tiny_data, tmp_path / "run", epochs=2)
+    result = train(cfg, callbacks=[StopAfterThree()])
+    assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 3, "signal": "enough"}
+    done = train(tiny_train_config(tiny_data, tmp_path / "run", epochs=2, resume=True))
+    assert done["epochs"] == 2
