@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ from dogvae.runtime import (
     to_device,
 )
 from dogvae.validation import validate
+
+if TYPE_CHECKING:
+    from dogvae.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +122,7 @@ class TrainState:
 class TrainingSetup:
     """Everything `setup` makes for a run; the trainer and callbacks read it."""
 
-    cfg: object  # TrainConfig
+    cfg: TrainConfig
     model_cfg: VAEConfig
     rt: Runtime
     run: Path
@@ -163,7 +167,7 @@ class NoisyForward(nn.Module):
 # --- set-up ---------------------------------------------------------------------------------
 
 
-def default_model(cfg, model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:
+def default_model(cfg: TrainConfig, model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:
     """The model to train when none was asked for: on labelled images of two or more breeds
     the ssvae, whose classifier is the part of dogvae that knows breeds (a plain VAE's codes
     know them little better than the pixels do); otherwise, and for the `seed` preset (the
@@ -194,7 +198,9 @@ def fit_to_breeds(model_cfg: VAEConfig, images: ImageSet) -> VAEConfig:
     return dataclasses.replace(model_cfg, n_breeds=len(images.breeds))
 
 
-def setup(cfg, model_cfg: VAEConfig, rt: Runtime, images: ImageSet | None = None) -> TrainingSetup:
+def setup(
+    cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, images: ImageSet | None = None
+) -> TrainingSetup:
     """The run folder, data, split, loaders, model, optimiser and, on resume, the saved state.
 
     `images` are data given from Python; otherwise `cfg.data` is decoded (once per machine).
@@ -260,7 +266,7 @@ def _prepare_run_folder(run: Path, resume: bool) -> None:
         checkpoint.tidy(run)
 
 
-def _load_data(cfg, image_size: int, rt: Runtime) -> ImageSet:
+def _load_data(cfg: TrainConfig, image_size: int, rt: Runtime) -> ImageSet:
     """Decode once per machine: local rank 0 builds the cache, the others wait, then read it."""
     kwargs = dict(crop=cfg.crop, cache_dir=cfg.cache_dir, strict=cfg.strict)
     if rt.world_size > 1 and rt.local_rank != 0:
@@ -271,7 +277,7 @@ def _load_data(cfg, image_size: int, rt: Runtime) -> ImageSet:
     return images
 
 
-def _split(cfg, images: ImageSet, rt: Runtime):
+def _split(cfg: TrainConfig, images: ImageSet, rt: Runtime):
     """The stratified training / validation split, refusing one no run can train on."""
     train_idx, val_idx = stratified_split(images.labels, cfg.val_fraction, cfg.seed)
     if cfg.batch_size % rt.world_size:
@@ -292,7 +298,9 @@ def _split(cfg, images: ImageSet, rt: Runtime):
     return train_idx, val_idx
 
 
-def _loaders(cfg, model_cfg: VAEConfig, rt: Runtime, images: ImageSet, train_idx, val_idx) -> dict:
+def _loaders(
+    cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, images: ImageSet, train_idx, val_idx
+) -> dict:
     """Training batches (flipped, labels held back as `label_fraction` says), validation
     batches with one fixed noise row per image, and the images drawn each epoch."""
     train_images = images
@@ -319,7 +327,7 @@ def _loaders(cfg, model_cfg: VAEConfig, rt: Runtime, images: ImageSet, train_idx
     }
 
 
-def _model(cfg, model_cfg: VAEConfig, rt: Runtime, images: ImageSet) -> BaseVAE:
+def _model(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, images: ImageSet) -> BaseVAE:
     model = build_model(model_cfg)
     model.breeds = list(images.breeds)
     if rt.world_size > 1 and model_cfg.norm == "batch":
@@ -334,7 +342,7 @@ def _model(cfg, model_cfg: VAEConfig, rt: Runtime, images: ImageSet) -> BaseVAE:
     return model
 
 
-def _optimisation(cfg, model: BaseVAE, rt: Runtime, steps_per_epoch: int):
+def _optimisation(cfg: TrainConfig, model: BaseVAE, rt: Runtime, steps_per_epoch: int):
     """AdamW, its per-group schedules and, with `ema_decay`, the weights' moving average."""
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, rt.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -356,7 +364,7 @@ def _read_last(run: Path, model: BaseVAE) -> dict:
     return {**state, "model": model.state_dict()}
 
 
-def _restore(saved: dict, optimizer, scheduler, ema, cfg, rt: Runtime) -> TrainState:
+def _restore(saved: dict, optimizer, scheduler, ema, cfg: TrainConfig, rt: Runtime) -> TrainState:
     """Put the optimiser, schedule, EMA and random state back as the checkpoint saved them."""
     keep_saved_group_marks(optimizer, saved["optimizer"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -397,7 +405,7 @@ def _unusable_best(run: Path, start_epoch: int, epochs: int) -> bool:
     return True
 
 
-def _wrapped_forward(model: BaseVAE, cfg, rt: Runtime) -> nn.Module:
+def _wrapped_forward(model: BaseVAE, cfg: TrainConfig, rt: Runtime) -> nn.Module:
     forward = NoisyForward(model)
     if rt.world_size > 1:
         forward = nn.parallel.DistributedDataParallel(
