@@ -546,3 +546,16 @@ def test_a_callback_can_stop_a_run_that_then_resumes(tiny_data, tmp_path):
     assert result == {"stopped": True, "epoch": 0, "batch_in_epoch": 3, "signal": "enough"}
     done = train(tiny_train_config(tiny_data, tmp_path / "run", epochs=2, resume=True))
     assert done["epochs"] == 2
+
+
+def test_a_callback_that_stops_at_an_epochs_end_leaves_that_epochs_checkpoint(tiny_data, tmp_path):
+    class StopAfterTheFirstEpoch(Callback):
+        def on_epoch_end(self, trainer, record):
+            trainer.request_stop("one epoch is enough")
+
+    run = tmp_path / "run"
+    result = train(tiny_train_config(tiny_data, run), callbacks=[StopAfterTheFirstEpoch()])
+    assert result == {"stopped": True, "epoch": 1, "batch_in_epoch": 0,
+                      "signal": "one epoch is enough"}  # fmt: skip
+    assert checkpoint.load(run).info["epoch"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

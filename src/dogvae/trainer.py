@@ -442,12 +442,18 @@ class Trainer:
             s.model.train()
             for epoch in range(state.epoch, s.cfg.epochs):
                 if not self.train_epoch(epoch):
-                    return {"stopped": True, "epoch": epoch,
-                            "batch_in_epoch": state.batch_in_epoch, "signal": self.stop_reason}  # fmt: skip
+                    return self._stopped()
                 self.end_epoch(self.validate())
+                if self.stop_reason is not None:  # asked for at the epoch's end: saved already
+                    return self._stopped()
             return self.finish(time.perf_counter() - started)
         finally:
             self.callbacks.fire("close", self)
+
+    def _stopped(self) -> dict:
+        state = self.state
+        return {"stopped": True, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                "signal": self.stop_reason}  # fmt: skip
 
     def train_epoch(self, epoch: int) -> bool:
         """One epoch's steps, from the state's batch on; False when a stop was asked for."""
