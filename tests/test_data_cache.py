@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from test_data_corpus import (
     solid_image,
 )
 
+import dogvae.atomic as atomic
 import dogvae.data.cache as cache
 from dogvae.atomic import CRASH_ENV
 from dogvae.data.cache import ImageSet, load_images
@@ -53,6 +55,15 @@ def load(root: Path, size: int = 8, **kwargs) -> ImageSet:
 
 def cache_files(suffix: str) -> list[Path]:
     return sorted(Path(os.environ["DOGVAE_CACHE"]).glob(f"*{suffix}"))
+
+
+def warnings_logged(caplog) -> list[str]:
+    """What the cache told the "dogvae" logger at WARNING, message by message."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("dogvae") and r.levelno == logging.WARNING
+    ]
 
 
 def test_images_are_a_read_only_uint8_memmap_with_labels(dogs):
@@ -206,10 +217,10 @@ def wrong_shape_in_meta(npy: Path) -> None:
         wrong_shape_in_meta,
     ],
 )
-def test_damaged_cache_is_rebuilt_with_a_note(dogs, decode_calls, capsys, damage):
+def test_damaged_cache_is_rebuilt_with_a_note(dogs, decode_calls, caplog, damage):
     pixels, second = corrupt_and_reload(dogs, damage)
     assert len(decode_calls) == 10  # decoded twice: the damaged cache was not trusted
-    assert "rebuilding the image cache" in capsys.readouterr().err
+    assert "rebuilding the image cache" in warnings_logged(caplog)[0]
     assert np.array_equal(pixels, np.asarray(second.images))
     assert len(load(dogs)) == 5 and len(decode_calls) == 10  # and the rebuilt one is reused
 
@@ -234,6 +245,22 @@ def test_a_build_killed_before_its_rename_leaves_nothing_once_the_next_load_runs
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
 
 
+def test_every_cache_file_is_flushed_to_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    flushed = []
+    real = atomic.fsync_file
+
+    def recording(path):
+        flushed.append(Path(path).name)
+        real(path)
+
+    monkeypatch.setattr(atomic, "fsync_file", recording)
+    load(make_broken_kaggle(tmp_path / "dogs"))
+    named = sorted(p.name for p in Path(os.environ["DOGVAE_CACHE"]).iterdir())
+    assert sorted(name.split(".", 1)[1] for name in named) == ["json", "npy", "skipped.json"]
+    for file in named:  # `.NAME.TAG.tmp-HOST-PID`: written under a temporary name, then renamed
+        assert any(f.startswith(f".{file}.") and ".tmp-" in f for f in flushed), (file, flushed)
+
+
 def test_linked_photos_and_breed_folders_load_and_a_link_to_nowhere_is_a_skip(dogs, tmp_path):
     linked = tmp_path / "linked"
     (linked / "beagle").mkdir(parents=True)
@@ -253,13 +280,13 @@ def test_linked_photos_and_breed_folders_load_and_a_link_to_nowhere_is_a_skip(do
     assert skip.path.endswith("gone.jpg") and skip.reason == "unreadable"
 
 
-def test_bad_files_are_skipped_counted_on_one_line_and_listed(tmp_path, capsys):
+def test_bad_files_are_skipped_counted_on_one_warning_and_listed(tmp_path, caplog):
     root = make_broken_kaggle(tmp_path / "dogs")
     images = load(root)
     n_good = 2 * GOOD_PER_BREED
     assert len(images) == n_good and images.images.shape[0] == n_good
     assert images.summary()["skipped_by_reason"] == BROKEN_COUNTS
-    err_lines = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    err_lines = [line for line in warnings_logged(caplog) if "skipped" in line]
     n_skipped = sum(BROKEN_COUNTS.values())
     assert len(err_lines) == 1
     assert err_lines[0].startswith(f"skipped {n_skipped} of {n_good + 4 + 4} files: 1 empty_file, ")
@@ -366,7 +393,7 @@ def read_only_cache(monkeypatch):
 
 
 @pytest.mark.parametrize("broken", [False, True])
-def test_a_valid_cache_in_a_read_only_folder_loads(tmp_path, capsys, read_only_cache, broken):
+def test_a_valid_cache_in_a_read_only_folder_loads(tmp_path, caplog, read_only_cache, broken):
     root = (
         make_broken_kaggle(tmp_path / "dogs")
         if broken
@@ -377,7 +404,7 @@ def test_a_valid_cache_in_a_read_only_folder_loads(tmp_path, capsys, read_only_c
     again = load(root)
     assert np.array_equal(again.images, first.images) and again.skipped == first.skipped
     if broken:
-        assert "no list: " in capsys.readouterr().err.splitlines()[-1]
+        assert "no list: " in warnings_logged(caplog)[-1]
 
 
 def test_a_read_only_cache_folder_that_must_be_built_is_one_line(dogs, read_only_cache):

@@ -31,19 +31,21 @@ def temporary_path(path: str | Path, tag: str = "") -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: str | Path, tag: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on error it is removed.
+    A `tag` (see `temporary_path`) keeps two writers of `path` in one process apart."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
-    tmp = temporary_path(path)
+    tmp = temporary_path(path, tag)
     try:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: keep the error that matters
+            tmp.unlink(missing_ok=True)
 
 
 def crash_point(step: str) -> None:

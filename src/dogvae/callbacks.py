@@ -22,12 +22,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm import tqdm
 
 from dogvae import checkpoint
 from dogvae.atomic import atomic_path, crash_point
 from dogvae.errors import TrainingError
 from dogvae.pictures import image_grid, pairs_grid, save_png
+from dogvae.progress import progress_bar
 from dogvae.runtime import to_device
 
 if TYPE_CHECKING:
@@ -118,14 +118,15 @@ class StopOnSignal(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with the running loss, its parts and images per second."""
+    """A bar per epoch with the running loss, its parts and images per second (hidden by
+    `progress=False` in the TrainConfig or `dogvae.progress.set_progress(False)`)."""
 
     def __init__(self):
         self.bar = None
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         s = trainer.setup
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=s.steps_per_epoch, initial=trainer.state.batch_in_epoch, unit="batch",
             desc=f"epoch {epoch + 1}/{s.cfg.epochs}", leave=False,
         )  # fmt: skip

@@ -1,6 +1,8 @@
 """Command line: parse arguments, call one library function, print the result.
 
-No logic lives here that a notebook user could not reach through the library.
+No logic lives here that a notebook user could not reach through the library. The library's
+log (the "dogvae" logger) goes to stderr: INFO and up, `--quiet` warnings only and no progress
+bars, `--verbose` DEBUG too.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dogvae.errors import DogvaeError
 from dogvae.model import MODELS, PRESETS
+from dogvae.progress import set_progress
 
 
 def _print_json(obj) -> None:
@@ -118,15 +123,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from dogvae.demo import run_demo
+    from dogvae.demo import format_demo, run_demo
 
-    run_demo(args.out, epochs=args.epochs)
+    print(format_demo(run_demo(args.out, epochs=args.epochs)))
     return 0
 
 
 def cmd_tune(args) -> int:
     from dogvae.train import TUNE_SECTIONS, read_settings_file
-    from dogvae.tune import tune
+    from dogvae.tune import format_tune, tune
 
     base = read_settings_file(args.config, TUNE_SECTIONS) if args.config else {}
     if args.presets:
@@ -135,9 +140,7 @@ def cmd_tune(args) -> int:
         args.data, args.out, trials=args.trials, storage=args.storage, study_name=args.study,
         timeout=args.timeout, epochs=args.epochs, metric=args.metric, base=base, seed=args.seed,
     )  # fmt: skip
-    if args.json:
-        _print_json(result)
-    return 0
+    return _emit(args, result, format_tune)
 
 
 # --- latent tasks ---------------------------------------------------------------------------
@@ -438,8 +441,11 @@ def add_serve_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dogvae", description="Train a VAE on dog photos and ask its latent space questions."
+        prog="dogvae",
+        description="Train a VAE on dog photos and ask its latent space questions.",
+        epilog="-q/--quiet and -v/--verbose also work after the command (dogvae encode RUN -q).",
     )
+    add_log_flags(parser, logging.INFO)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="draw the synthetic-breeds data set (Kaggle layout)")
@@ -536,39 +542,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_export)
     add_serve_parser(sub)
+    for command in sub.choices.values():
+        add_log_flags(command, argparse.SUPPRESS)
     return parser
 
 
-class _Stderr(logging.StreamHandler):
-    """A handler that writes to whatever `sys.stderr` is when a message comes."""
+def add_log_flags(parser: argparse.ArgumentParser, default) -> None:
+    """-q/--quiet and -v/--verbose as `log_level`; each subcommand takes them too, with no
+    default there, so that one given before the subcommand holds."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+        default=default, help="only warnings and errors on stderr, no progress bars",
+    )  # fmt: skip
+    group.add_argument(
+        "-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+        default=default, help="the library's debug messages too",
+    )  # fmt: skip
 
-    @property
-    def stream(self):
-        return sys.stderr
 
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def show_library_log() -> None:
-    """The library's INFO messages on stderr, as plain lines (once per process)."""
+@contextmanager
+def library_log(level: int) -> Iterator[None]:
+    """For one command: the library's messages at `level` and above on stderr as plain lines,
+    and its progress bars unless only warnings show. The one place dogvae configures logging;
+    the library itself adds no handler."""
     logger = logging.getLogger("dogvae")
-    if not logger.handlers:
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved_level, saved_bars = logger.level, set_progress(level <= logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        set_progress(saved_bars)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    show_library_log()
-    try:
-        return args.func(args)
-    except DogvaeError as exc:
-        print(f"dogvae: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dogvae: interrupted", file=sys.stderr)
-        return 130
+    with library_log(args.log_level):
+        try:
+            return args.func(args)
+        except DogvaeError as exc:
+            print(f"dogvae: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("dogvae: interrupted", file=sys.stderr)
+            return 130

@@ -7,6 +7,7 @@ first-time user wants to look at in one folder.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,14 +24,16 @@ from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
 
 DEMO_SYNTH = {"breeds": 8, "per_breed": 150, "size": 96, "mutts": 100, "seed": 0}
+log = logging.getLogger(__name__)
 
 
 def run_demo(out: str | Path, epochs: int = 40, progress: bool = True) -> dict:
-    """Synthesise, train, and write reconstructions.png, samples.png and metrics.json to `out`."""
+    """Synthesise, train, and write reconstructions.png, samples.png and metrics.json to `out`;
+    returns the training summary and the files (`format_demo` prints them)."""
     out = Path(out)
     data, run = out / "data", out / "run"
     if not (data / "labels.csv").exists():
-        print(f"drawing the synthetic breeds into {data}")
+        log.info("drawing the synthetic breeds into %s", data)
         synthesize(data, progress=progress, **DEMO_SYNTH)
     if run.exists():
         shutil.rmtree(run)  # the demo's own run folder: always a fresh, comparable run
@@ -53,8 +56,17 @@ def run_demo(out: str | Path, epochs: int = 40, progress: bool = True) -> dict:
         "samples": save_png(image_grid(samples, ncols=8), out / "samples.png"),
         "metrics": write_json(out / "metrics.json", summary),
     }
-    print(quality_line(summary))
-    for name, path in files.items():
-        print(f"{name:>15}: {path}")
-    print(f"{'model':>15}: {run} (load it with dogvae.load('{run}'))")
-    return summary
+    return {
+        "summary": summary,
+        "files": {name: str(path) for name, path in files.items()},
+        "run": str(run),
+    }
+
+
+def format_demo(result: dict) -> str:
+    """How good the model is, and where its pictures and weights are."""
+    lines = [quality_line(result["summary"])]
+    lines += [f"{name:>15}: {path}" for name, path in result["files"].items()]
+    run = result["run"]
+    lines.append(f"{'model':>15}: {run} (load it with dogvae.load('{run}'))")
+    return "\n".join(lines)

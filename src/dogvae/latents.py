@@ -23,7 +23,6 @@ import hashlib
 import io
 import logging
 import math
-import sys
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from dogvae.atomic import atomic_path
 from dogvae.errors import DataError, DogvaeError
@@ -40,6 +38,7 @@ from dogvae.losses import kl_per_dim, reconstruction_nll
 from dogvae.metrics import mse_per_image
 from dogvae.model import BaseVAE
 from dogvae.precision import inference_autocast
+from dogvae.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +371,7 @@ def encode_images(
         "mu": [], "logvar": [], "mu_mirror": [], "mse": [], "bits": [], "class": []
     }  # fmt: skip
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, disable=not progress, desc="encoding", unit="batch", file=sys.stderr):
+    for start in progress_bar(starts, show=progress, desc="encoding", unit="batch"):
         x = to_batch(images[rows[start : start + batch_size]], device)
         for name, value in _encode_batch(model, x).items():
             parts[name].append(value.float())

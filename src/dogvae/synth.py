@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from dogvae.errors import DogvaeError
+from dogvae.progress import progress_bar
 
 SYNTH_VERSION = 1
 JPEG_QUALITY = 92
@@ -679,7 +679,7 @@ def synthesize(
     document = _breeds_document(specs, seed=seed, size=size, per_breed=per_breed, mutts=mutts)
     (out / "breeds.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     labels, mutt_rows = [], []
-    with tqdm(total=breeds * per_breed + mutts, disable=not progress, unit="img") as bar:
+    with progress_bar(total=breeds * per_breed + mutts, show=progress, unit="img") as bar:
         for image_id, spec, rng in _breed_draws(specs, per_breed, seed):
             _save_jpeg(
                 render_dog(draw_factors(spec, rng), size, rng), out / "train" / f"{image_id}.jpg"

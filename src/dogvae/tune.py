@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,8 @@ from dogvae.data.cache import load_images
 from dogvae.errors import DogvaeError
 from dogvae.model import PRESETS, VAEConfig, preset_config
 from dogvae.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
 
 # --metric: the key in the validation record, the direction, and how to print it
 METRICS = {
@@ -227,7 +229,7 @@ def tune(
         run = Path(trial.user_attrs.get("run") or out / f"trial-{trial.number:03d}")
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("config", config)
-        print(f"trial {trial.number}: {_params(trial.params)} -> {run}")
+        log.info("trial %d: %s -> %s", trial.number, _params(trial.params), run)
 
         def report(record: dict) -> None:
             trial.report(record["val"][key], record["epoch"])
@@ -243,11 +245,11 @@ def tune(
 
     def after_trial(study, trial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            print(f"trial {trial.number} complete: {label} {trial.value:.4g} {unit}")
+            log.info("trial %d complete: %s %.4g %s", trial.number, label, trial.value, unit)
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            print(f"trial {trial.number} pruned after epoch {trial.last_step}")
+            log.info("trial %d pruned after epoch %s", trial.number, trial.last_step)
         else:
-            print(f"trial {trial.number} {trial.state.name.lower()}")
+            log.warning("trial %d %s", trial.number, trial.state.name.lower())
         _write_best(study, out / "best.json", metric)
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -266,14 +268,20 @@ def tune(
         "best": best,
         "best_json": str(out / "best.json") if best else None,
     }
-    if best:
-        print(
-            f"best: trial {best['tune']['trial']}, {label} {best['tune']['value']:.4g} {unit} "
-            f"({_params(best['tune']['params'])}); wrote {out / 'best.json'}"
-        )
-    else:
-        print("no trial has finished yet", file=sys.stderr)
     return result
+
+
+def format_tune(result: dict) -> str:
+    """The study's summary as `dogvae tune` prints it: the best trial and where it went."""
+    best = result["best"]
+    if not best:
+        return "no trial has finished yet"
+    _, _, label, unit = METRICS[result["metric"]]
+    found = best["tune"]
+    return (
+        f"best: trial {found['trial']}, {label} {found['value']:.4g} {unit} "
+        f"({_params(found['params'])}); wrote {result['best_json']}"
+    )
 
 
 def _params(params: dict) -> str:

@@ -8,6 +8,7 @@ a 4xx status (503 when breed questions are off, 500 only for the server's own fa
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -27,6 +28,8 @@ from dogvae.app.service import MAX_UPLOAD_BYTES, ServedRun, StoreUnavailable, Un
 from dogvae.app.uploads import UploadLimit
 from dogvae.errors import BadImage, DogvaeError
 from dogvae.tasks.inputs import UnknownBreed
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -195,17 +198,19 @@ def serve(
     data: str | Path | None = None,
     device: str = "cpu",
 ) -> None:
-    """Load the run, print the page's address, serve until Ctrl-C."""
+    """Load the run, log the page's address, serve until Ctrl-C."""
     sock = bind_socket(host, port)
-    print(f"dogvae: loading {run}...", flush=True)
+    log.info("dogvae: loading %s...", run)
     app = create_app(run, data=data, progress=True, device=device)
     served = app.state.served
     if served.store_problem:
-        print(f"dogvae: {served.store_problem}", flush=True)
+        log.warning("dogvae: %s", served.store_problem)
     url = address(sock)
-    print(f"dogvae: serving {run} at {url}  (API docs: {url}/docs; Ctrl-C stops)", flush=True)
+    log.info("dogvae: serving %s at %s  (API docs: %s/docs; Ctrl-C stops)", run, url, url)
     if not is_loopback(host):
-        print("dogvae: warning: the page has no login; anyone who reaches this address can use it")
+        log.warning(
+            "dogvae: warning: the page has no login; anyone who reaches this address can use it"
+        )
     _uvicorn_server(app).run(sockets=[sock])
 
 

@@ -9,14 +9,16 @@ data, which may be read-only) each decoded set is three files named by its key:
 
 The key hashes the cache format, the layout, every file's relative path, size and mtime, the
 labels, the image size and the crop, so any change to those decodes afresh. Files are written
-under temporary names and renamed into place, the metadata last; a cache that fails any check
-(header, shape, byte size, metadata, checksum) is rebuilt, never trusted.
+with `dogvae.atomic` (a temporary, flushed to disk, renamed into place), the metadata last; a
+cache that fails any check (header, shape, byte size, metadata, checksum) is rebuilt, never
+trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -30,10 +32,17 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from dogvae.atomic import crash_point, remove_stale_temporaries, temporary_path
+from dogvae.atomic import (
+    atomic_path,
+    crash_point,
+    json_text,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from dogvae.data.decode import CROPS, decode_file
 from dogvae.data.scan import Catalog, ImageRecord, Skip, count_by_reason, scan
 from dogvae.errors import BadImage, DataError
+from dogvae.progress import progress_bar
 
 CACHE_FORMAT = 1
 # Images per job sent to a worker: large enough that process overhead vanishes, small enough
@@ -43,6 +52,7 @@ _CHECKSUM_BLOCK = 1 << 24
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +109,7 @@ def load_images(
 ) -> ImageSet:
     """Scan `root`, decode every image once at `size` x `size`, and return the cached set.
 
-    Unusable files are skipped and counted (one line on stderr); `strict=True` raises
+    Unusable files are skipped and counted (one warning in the log); `strict=True` raises
     `BadImage` for the first of them instead. Raises `DataError` when nothing is usable.
     """
     if crop not in CROPS:
@@ -167,7 +177,7 @@ def parallel_map(
         else:
             results = map(fn, jobs)
         bar = stack.enter_context(
-            tqdm(total=sum(weights), desc=desc, unit="img", disable=not progress, file=sys.stderr)
+            progress_bar(total=sum(weights), desc=desc, unit="img", show=progress)
         )
         yield _advancing(results, weights, bar)
 
@@ -196,7 +206,12 @@ class _CacheFiles:
         return self.folder / f"{self.key}.skipped.json"
 
     def temporary(self, suffix: str) -> Path:
-        return temporary_path(self.folder / f"{self.key}{suffix}", uuid.uuid4().hex[:8])
+        return temporary_path(self.folder / f"{self.key}{suffix}", _writer_tag())
+
+
+def _writer_tag() -> str:
+    """Tells temporaries apart when two threads build the same cache."""
+    return uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True)
@@ -232,31 +247,26 @@ def _build_cache(
     progress: bool,
     workers: int | None,
 ) -> dict[str, Any]:
+    """Decode every record into the cache's pixels, then write the metadata that vouches for
+    them: a crash in between leaves pixels that no metadata's checksum accepts unless it fits."""
     records = catalog.records
-    temporaries = [files.temporary(".npy"), files.temporary(".json")]
-    try:
+    log.debug("writing the image cache %s", files.array)
+    with atomic_path(files.array, tag=_writer_tag()) as pixels:
         np.lib.format.open_memmap(
-            temporaries[0], mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3)
+            pixels, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3)
         ).flush()
-        failures = _decode_all(temporaries[0], records, size, crop, strict, progress, workers)
+        failures = _decode_all(pixels, records, size, crop, strict, progress, workers)
         failed_rows = {row for row, _, _ in failures}
         kept = [row for row in range(len(records)) if row not in failed_rows]
         if not kept:
             raise DataError(_all_bad_message(catalog, failures))
         if failures:
-            temporaries.append(files.temporary(".npy"))
-            _copy_rows(temporaries[0], temporaries[-1], kept)
-            os.replace(temporaries[-1], temporaries[0])
-        meta = _meta(catalog, files.key, size, crop, kept, failures, _checksum(temporaries[0]))
+            _keep_rows(pixels, kept, files)
+        meta = _meta(catalog, files.key, size, crop, kept, failures, _checksum(pixels))
         crash_point("cache_pixels")
-        temporaries[1].write_text(json.dumps(meta))
-        os.replace(temporaries[0], files.array)
-        os.replace(temporaries[1], files.meta)
-        return meta
-    finally:
-        for path in temporaries:
-            with suppress(OSError):  # a read-only folder refuses even this
-                path.unlink(missing_ok=True)
+    with atomic_path(files.meta, tag=_writer_tag()) as tmp:
+        tmp.write_text(json.dumps(meta))
+    return meta
 
 
 def _decode_all(
@@ -285,6 +295,17 @@ def _decode_all(
                 raise BadImage(records[row].path, reason, detail)
             failures += job_failures
     return failures
+
+
+def _keep_rows(pixels: Path, rows: list[int], files: _CacheFiles) -> None:
+    """Rewrite the .npy at `pixels` holding only `rows`."""
+    kept = files.temporary(".npy")
+    try:
+        _copy_rows(pixels, kept, rows)
+        os.replace(kept, pixels)
+    finally:
+        with suppress(OSError):
+            kept.unlink(missing_ok=True)
 
 
 def _copy_rows(source: Path, target: Path, rows: list[int]) -> None:
@@ -342,8 +363,9 @@ def _read_valid_meta(files: _CacheFiles) -> dict[str, Any] | None:
         meta = json.loads(files.meta.read_text())
         _check_cache(files, meta)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"dogvae: rebuilding the image cache {files.array}: {exc}", file=sys.stderr)
+        log.warning("dogvae: rebuilding the image cache %s: %s", files.array, exc)
         return None
+    log.debug("reading the image cache %s", files.array)
     return meta
 
 
@@ -384,7 +406,7 @@ def _image_set(catalog: Catalog, files: _CacheFiles, meta: dict[str, Any]) -> Im
 
 
 def _report_skips(image_set: ImageSet, files: _CacheFiles, n_candidates: int) -> None:
-    """One line on stderr and a JSON list beside the cache while anything is skipped."""
+    """One warning and a JSON list beside the cache while anything is skipped."""
     if not image_set.skipped:
         with suppress(OSError):  # a read-only cache folder: a stale list stays, unread
             files.skip_report.unlink(missing_ok=True)
@@ -396,20 +418,16 @@ def _report_skips(image_set: ImageSet, files: _CacheFiles, n_candidates: int) ->
         ],
     }
     where = f"list in {files.skip_report}"
-    temporary = files.temporary(".json")
     try:
-        temporary.write_text(json.dumps(report, indent=1))
-        os.replace(temporary, files.skip_report)
+        with atomic_path(files.skip_report, tag=_writer_tag()) as tmp:
+            tmp.write_text(json_text(report))
     except OSError as exc:  # a read-only cache folder still serves the set
-        with suppress(OSError):
-            temporary.unlink(missing_ok=True)
         where = f"no list: {files.folder} is not writable ({exc.strerror or exc})"
     counts = ", ".join(f"{n} {reason}" for reason, n in count_by_reason(image_set.skipped).items())
-    print(
-        f"skipped {len(image_set.skipped)} of {n_candidates} files: {counts} "
-        f"(see `dogvae inspect`; {where})",
-        file=sys.stderr,
-    )
+    log.warning(
+        "skipped %d of %d files: %s (see `dogvae inspect`; %s)",
+        len(image_set.skipped), n_candidates, counts, where,
+    )  # fmt: skip
 
 
 def _as_error(skip: Skip) -> BadImage:

@@ -31,15 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dogvae import synth
 from dogvae.errors import DataError, DogvaeError
 from dogvae.latents import (
     Encoded,
     LatentStore,
-    breed_centroids,
     encode_images,
-    pooled_within_covariance,
-    whitening_matrix,
 )
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, save_png, to_uint8
@@ -393,35 +389,6 @@ def share_of_parent_a(found: list[Explanation], mutts: list[Mutt]) -> np.ndarray
             dict(zip(f.parents, f.shares, strict=True)).get(m.parent_a, 0.0)
             for f, m in zip(found, mutts, strict=True)
         ]
-    )
-
-
-def recovery_on_features(
-    features: np.ndarray, labels: np.ndarray, mutt_features: np.ndarray, mutts: list[Mutt]
-) -> dict[str, float]:
-    """Parent recovery of `mutts` with every dog described by `features` instead of a model's
-    codes: centroids and whitening from the purebreds' features and labels, then `explain`.
-    How tests and bench/ancestry_ceiling.py compare representations."""
-    n_breeds = int(labels.max()) + 1
-    centroids = breed_centroids(features, labels, n_breeds)
-    whitener = whitening_matrix(pooled_within_covariance(features, labels, n_breeds))
-    found = [explain(x, centroids, whitener) for x in mutt_features]
-    rankings = np.array([f.ranking for f in found])
-    return parent_recovery(rankings, share_of_parent_a(found, mutts), mutts)
-
-
-def recovery_on_true_factors(coats: str, **synth_args) -> dict[str, float]:
-    """`recovery_on_features` on the true looks (`synth.factor_vector(f, coats)`) of the dogs
-    `synth.synthesize(**synth_args)` draws: what a perfect encoder would give."""
-    pure, mixed = synth.dataset_factors(**synth_args)
-    names = sorted({breed for _, breed, _ in pure})
-    labels = np.array([names.index(breed) for _, breed, _ in pure])
-    mutts = [Mutt(i, names.index(a), names.index(b), s) for i, a, b, s, _ in mixed]
-    return recovery_on_features(
-        np.stack([synth.factor_vector(f, coats) for *_, f in pure]),
-        labels,
-        np.stack([synth.factor_vector(f, coats) for *_, f in mixed]),
-        mutts,
     )
 
 
