@@ -44,6 +44,7 @@ from dogvae.metrics import active_units, mse_per_image, psnr_per_image, reconstr
 from dogvae.model import PRESETS, BaseVAE, VAEConfig, build_model, preset_config
 from dogvae.pictures import image_grid, pairs_grid, save_png
 from dogvae.precision import cpu_has_native_bf16, cuda_has_native_bf16
+from dogvae.recipes import TRAINING_RECIPES
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +60,13 @@ EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
 MODEL_FLAGS = "--image-size, --latent-dim, --beta, --model or the model section of --config"
 
-# What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
-TRAIN_DEFAULTS = {
-    "weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False,
-    "lr_schedule": "cosine",
-}  # fmt: skip
 LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class TrainConfig:
-    """How to train. `None` fields take the preset's value (see `dogvae.model.PRESETS`): its
-    epochs, batch size and learning rate, and its `train_overrides` of `TRAIN_DEFAULTS`.
+    """How to train. `None` fields take the preset's value from its training recipe
+    (`dogvae.recipes.TRAINING_RECIPES`).
 
     `batch_size` is the global batch: under torchrun with N processes each takes 1/N of it.
     `deterministic` makes a CUDA run repeat itself bit for bit (cuDNN's deterministic
@@ -130,14 +126,8 @@ class TrainConfig:
         for name in ("channels_last", "device_cache"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise DogvaeError(f"{name} must be auto, on or off, not {getattr(self, name)!r}")
-        preset = PRESETS[self.preset]
-        values = dict(self.__dict__)
-        for name in ("epochs", "batch_size", "lr"):
-            if values[name] is None:
-                values[name] = getattr(preset, name)
-        for name, default in TRAIN_DEFAULTS.items():
-            if values[name] is None:
-                values[name] = preset.train_overrides.get(name, default)
+        recipe = dataclasses.asdict(TRAINING_RECIPES[self.preset])
+        values = {k: recipe[k] if v is None and k in recipe else v for k, v in vars(self).items()}
         resolved = TrainConfig(**values)
         resolved.check_numbers()
         return resolved
@@ -611,7 +601,7 @@ def evaluate(model: BaseVAE, batches, noise: torch.Tensor, rt: Runtime) -> dict[
         given = model.validation_breed(y)
         out = model.objective(
             x,
-            *forward(x, _host_to_device(noise[n : n + b], rt.device), given),
+            forward(x, _host_to_device(noise[n : n + b], rt.device), given),
             beta=1.0,
             breed=given,
         )
@@ -1004,7 +994,7 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch, in_mem
                     noise_rows(cfg.batch_size, model_cfg.latent_dim, rt), rt.device
                 )
                 with _autocast(rt):
-                    out = model.objective(x, *forward(x, eps, y), beta=beta, breed=y)
+                    out = model.objective(x, forward(x, eps, y), beta=beta, breed=y)
                 # one all-reduce: the step's loss over the global batch, and whether any
                 # process was asked to stop, so that all of them stop after the same step
                 counts = torch.tensor([len(x), *stop.requests()], dtype=torch.float64)
