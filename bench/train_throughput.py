@@ -42,6 +42,7 @@ import torch
 from dogvae.model import PRESETS, build_model, preset_config
 from dogvae.optim import make_optimizer
 from dogvae.precision import cpu_has_native_bf16
+from dogvae.recipes import TRAINING_RECIPES
 from dogvae.runtime import auto_channels_last
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
@@ -50,7 +51,7 @@ BATCH_SIZE: int | None = None  # --batch-size: every loop's batch instead of the
 
 
 def batch_size(preset: str) -> int:
-    return BATCH_SIZE or PRESETS[preset].batch_size
+    return BATCH_SIZE or TRAINING_RECIPES[preset].batch_size
 
 
 def peak_memory(device: str) -> dict:
@@ -88,7 +89,7 @@ def training_step(
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model.objective(x, *forward(x))
+            out = model.objective(x, forward(x))
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()

@@ -1,4 +1,5 @@
-"""The model contract: shapes per preset, the original's parameter count, losses by hand."""
+"""The model contract: shapes per preset, the original's parameter count, the posterior and
+the typed forward output, losses by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import pytest
 import torch
 
 from dogvae.losses import bits_per_dim, kl_per_dim, kl_with_free_bits, reconstruction_nll
-from dogvae.model import PRESETS, VAEConfig, build_model, count_parameters, preset_config
+from dogvae.model import (
+    PRESETS,
+    DiagonalGaussian,
+    VAEConfig,
+    VAEOutput,
+    build_model,
+    count_parameters,
+    preset_config,
+)
+
+TINY = {"image_size": 16, "latent_dim": 4, "enc_widths": (4, 8), "dec_widths": (8, 4),
+        "dec_start_channels": 8}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -34,9 +46,10 @@ def test_seed_preset_has_the_keras_models_parameter_count():
 
 
 def test_presets_are_not_mutated_through_preset_config():
+    before = preset_config("small64")
     cfg = preset_config("small64")
-    cfg.latent_dim = 7
-    assert PRESETS["small64"].model.latent_dim == 128
+    cfg.latent_dim = before.latent_dim + 1
+    assert preset_config("small64") == before
 
 
 def test_config_rejects_an_image_size_the_stages_cannot_halve():
@@ -70,12 +83,53 @@ def test_blocks_per_stage_accepts_one_count_or_one_per_stage_and_the_decoder_mir
 def test_kl_matches_a_monte_carlo_estimate():
     torch.manual_seed(0)
     mu, logvar = torch.tensor([[0.7, -1.2, 0.0]]), torch.tensor([[-0.5, 0.3, -2.0]])
-    std = torch.exp(0.5 * logvar)
-    z = mu + std * torch.randn(400_000, 3)
-    log_q = torch.distributions.Normal(mu, std).log_prob(z)
+    posterior = DiagonalGaussian(mu, logvar)
+    z = posterior.sample(torch.randn(400_000, 3))
+    log_q = torch.distributions.Normal(mu, posterior.std).log_prob(z)
     log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z)
     monte_carlo = (log_q - log_p).mean(0)
-    assert torch.allclose(kl_per_dim(mu, logvar)[0], monte_carlo, atol=0.01)
+    assert torch.allclose(posterior.kl(per_dim=True)[0], monte_carlo, atol=0.01)
+    assert torch.equal(posterior.kl(per_dim=True), kl_per_dim(mu, logvar))
+
+
+def test_the_posterior_kl_is_the_closed_form_summed_over_dimensions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    posterior = DiagonalGaussian(mu, logvar)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    closed_form = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0))
+    assert posterior.kl().shape == (5,)
+    assert torch.allclose(posterior.kl(), closed_form.sum(1), rtol=1e-5)
+    assert torch.allclose(posterior.std, q.stddev)
+    half = DiagonalGaussian(mu.half(), logvar.half())
+    assert half.kl().dtype == torch.float32, "the KL is summed in float32 under autocast"
+
+
+def test_the_posterior_mode_is_its_mean_and_a_sample_is_mean_plus_std_times_the_noise():
+    mu, logvar = torch.tensor([[1.0, -2.0]]), torch.log(torch.tensor([[4.0, 0.25]]))
+    posterior = DiagonalGaussian(mu, logvar)
+    assert torch.equal(posterior.mode(), mu)
+    eps = torch.tensor([[0.5, -1.0]])
+    assert torch.allclose(posterior.sample(eps), torch.tensor([[1.0 + 2 * 0.5, -2.0 - 0.5]]))
+    draws = [posterior.sample(generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1]), "the same generator seed, the same draw"
+    many = DiagonalGaussian(mu.expand(100_000, 2), logvar.expand(100_000, 2)).sample()
+    assert torch.allclose(many.mean(0), mu[0], atol=0.02)
+    assert torch.allclose(many.std(0), torch.tensor([2.0, 0.5]), atol=0.02)
+
+
+def test_the_forward_pass_decodes_the_posterior_sample_its_noise_gives():
+    torch.manual_seed(0)
+    model = build_model(VAEConfig(**TINY)).eval()
+    x, eps = torch.rand(3, 3, 16, 16), torch.randn(3, 4)
+    with torch.no_grad():
+        out = model.noisy_forward(x, eps)
+        mu, logvar = model.encode(x)
+        expected = model.decode_logits(mu + eps * torch.exp(0.5 * logvar))
+    assert isinstance(out, VAEOutput)
+    assert torch.equal(out.posterior.mean, mu) and torch.equal(out.posterior.logvar, logvar)
+    assert torch.allclose(out.logits, expected)
+    assert torch.equal(model.embed(x), out.posterior.mode())
 
 
 def test_reconstruction_nll_matches_hand_computation():
@@ -107,16 +161,12 @@ def test_reconstruction_nll_matches_hand_computation():
 
 def test_loss_is_reconstruction_plus_beta_times_kl_and_elbo_ignores_beta():
     torch.manual_seed(0)
-    model = build_model(
-        VAEConfig(
-            image_size=16, latent_dim=4, enc_widths=(4, 8), dec_widths=(8, 4), dec_start_channels=8
-        )
-    )
+    model = build_model(VAEConfig(**TINY))
     x = torch.rand(5, 3, 16, 16)
-    logits, mu, logvar = model(x)
-    out = model.objective(x, logits, mu, logvar, beta=0.25)
-    recon = reconstruction_nll(x, logits, "gaussian", model.log_scale).mean()
-    kl = kl_per_dim(mu, logvar).sum(1).mean()
+    forward = model(x)
+    out = model.objective(x, forward, beta=0.25)
+    recon = reconstruction_nll(x, forward.logits, "gaussian", model.log_scale).mean()
+    kl = kl_per_dim(forward.posterior.mean, forward.posterior.logvar).sum(1).mean()
     assert out.reconstruction.item() == pytest.approx(recon.item(), rel=1e-6)
     assert out.kl.item() == pytest.approx(kl.item(), rel=1e-6)
     assert out.total.item() == pytest.approx((recon + 0.25 * kl).item(), rel=1e-6)

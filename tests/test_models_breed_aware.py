@@ -22,6 +22,7 @@ from dogvae.errors import DogvaeError
 from dogvae.latents import STORE_FILE
 from dogvae.losses import kl_per_dim, reconstruction_nll
 from dogvae.model import (
+    SemiSupervisedOutput,
     VAEConfig,
     augment_for_classifier,
     breed_candidates,
@@ -153,7 +154,7 @@ def test_m2_loss_matches_the_full_marginalisation_by_hand_when_top_k_plus_one_co
     x, labels = torch.rand(4, 3, 32, 32), torch.tensor([-1, 2, -1, 0])
     eps = torch.randn(4, 8)
     with torch.no_grad():
-        out = model.objective(x, *model.noisy_forward(x, eps, labels), beta=1.0, breed=labels)
+        out = model.objective(x, model.noisy_forward(x, eps, labels), beta=1.0, breed=labels)
         total, elbo = _m2_by_hand(model, x, eps, labels)
     assert float(out.total) == pytest.approx(float(total), rel=1e-5)
     assert float(out.elbo) == pytest.approx(float(elbo), rel=1e-5)
@@ -164,19 +165,37 @@ def test_the_top_k_plus_one_sample_estimator_is_unbiased_over_the_draw():
     cost = torch.tensor([3.0, -1.0, 7.0, 2.0, 11.0])
     estimates = []
     for u in torch.linspace(0.0005, 0.9995, 1000):
-        rows, breeds, weights = breed_candidates(probs, None, 2, u[None])
-        assert len(rows) == 3  # two exact breeds and one drawn from the rest
-        estimates.append(float((weights * cost[breeds]).sum()))
+        pairs = breed_candidates(probs, None, 2, u[None])
+        assert len(pairs.rows) == 3  # two exact breeds and one drawn from the rest
+        estimates.append(float((pairs.weights * cost[pairs.breeds]).sum()))
     assert np.mean(estimates) == pytest.approx(float((probs[0] * cost).sum()), abs=0.01)
     assert np.std(estimates) > 0  # the drawn breed does vary
 
 
 def test_labelled_images_are_scored_with_their_own_breed_only():
     probs = torch.softmax(torch.randn(3, 6), 1)
-    rows, breeds, weights = breed_candidates(probs, torch.tensor([4, -1, 1]), 3, torch.rand(3))
-    assert rows.tolist() == [0, 2, 1, 1, 1, 1]
-    assert breeds[:2].tolist() == [4, 1] and weights[:2].tolist() == [1.0, 1.0]
-    assert float(weights[2:].sum()) == pytest.approx(1.0)
+    pairs = breed_candidates(probs, torch.tensor([4, -1, 1]), 3, torch.rand(3))
+    assert pairs.rows.tolist() == [0, 2, 1, 1, 1, 1]
+    assert pairs.breeds[:2].tolist() == [4, 1] and pairs.weights[:2].tolist() == [1.0, 1.0]
+    assert float(pairs.weights[2:].sum()) == pytest.approx(1.0)
+
+
+def test_an_ssvae_forward_names_its_pairs_and_the_objective_scores_those_pairs():
+    model = tiny_model("ssvae", classifier_top_k=1).eval()
+    x, labels = torch.rand(3, 3, 32, 32), torch.tensor([2, -1, 0])
+    eps = torch.randn(3, 8)
+    with torch.no_grad():
+        out = model.noisy_forward(x, eps, labels)
+        loss = model.objective(x, out, beta=1.0, breed=labels)
+        recon = reconstruction_nll(x[out.candidates.rows], out.logits, "gaussian", model.log_scale)
+    pairs = out.candidates
+    assert isinstance(out, SemiSupervisedOutput) and out.class_logits.shape == (3, BREEDS)
+    assert pairs.rows.tolist() == [0, 2, 1, 1], "labelled first, then the top-1 and one drawn"
+    assert pairs.breeds[:2].tolist() == [2, 0]
+    assert len(out.logits) == len(out.posterior.mean) == len(pairs.rows)
+    kl = out.posterior.kl()
+    assert float(loss.reconstruction) == pytest.approx(float((pairs.weights * recon).sum() / 3))
+    assert float(loss.kl) == pytest.approx(float((pairs.weights * kl).sum() / 3), rel=1e-5)
 
 
 @pytest.mark.parametrize("views", [2, 10])

@@ -1,4 +1,4 @@
-"""The two halves of the VAE objective, in nats per image.
+"""The VAE objectives in nats per image: likelihoods, the KL, and the losses of a forward pass.
 
 The negative ELBO of one image is `reconstruction + KL`, where
 
@@ -8,18 +8,35 @@ The negative ELBO of one image is `reconstruction + KL`, where
 
 `beta` (the KL weight) and free bits shape the *training* objective only; the ELBO we report
 always uses beta = 1 and no free bits, so runs with different settings stay comparable.
+`vae_loss` and `m2_loss` score a `dogvae.model.VAEOutput`; the models' `objective` calls them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from dogvae.model import SemiSupervisedOutput, VAEConfig, VAEOutput
+
 LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class LossOutput:
+    """One batch's objective and its parts; every figure is a batch mean in nats per image."""
+
+    total: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    elbo: torch.Tensor
+    beta: float
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -67,3 +84,69 @@ def kl_with_free_bits(kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
 def bits_per_dim(nll_nats: torch.Tensor | float, num_dims: int) -> float:
     """Nats per image on [0, 1] pixels -> bits per 8-bit sub-pixel (adds log 256 per dimension)."""
     return (float(nll_nats) + num_dims * math.log(256.0)) / (num_dims * math.log(2.0))
+
+
+def vae_loss(
+    x: torch.Tensor, out: VAEOutput, cfg: VAEConfig, log_scale: torch.Tensor, beta: float
+) -> LossOutput:
+    """The negative ELBO of images `x` under their forward pass `out`, the KL weighted by `beta`
+    (and floored by `cfg.free_bits`) in the total only."""
+    recon = reconstruction_nll(x, out.logits, cfg.likelihood, log_scale).mean()
+    kl_dims = out.posterior.kl(per_dim=True)
+    kl = kl_dims.sum(1).mean()
+    kl_term = kl_with_free_bits(kl_dims, cfg.free_bits) if cfg.free_bits else kl
+    return LossOutput(
+        total=recon + beta * kl_term,
+        reconstruction=recon,
+        kl=kl,
+        elbo=(recon + kl).detach(),
+        beta=beta,
+    )
+
+
+def m2_loss(
+    x: torch.Tensor,
+    out: SemiSupervisedOutput,
+    breed: torch.Tensor | None,
+    cfg: VAEConfig,
+    log_scale: torch.Tensor,
+    beta: float,
+) -> LossOutput:
+    """M2's objective (`dogvae.model.SemiSupervisedVAE`) for images `x` labelled `breed` (-1 or
+    None: unlabelled): each scored (image, breed) pair's negative ELBO weighted by its
+    candidate weight, plus -log p(y) and minus the classifier's entropy for unlabelled images,
+    plus `classifier_weight` times the cross-entropy on labelled ones."""
+    n = len(x)
+    pairs = out.candidates
+    weights = pairs.weights.float()
+    recon = reconstruction_nll(x[pairs.rows], out.logits, cfg.likelihood, log_scale)
+    weighted_kl_dims = (weights[:, None] * out.posterior.kl(per_dim=True)).sum(0) / n
+    recon_mean = (weights * recon).sum() / n
+    kl_mean = weighted_kl_dims.sum()
+    kl_term = kl_with_free_bits(weighted_kl_dims[None], cfg.free_bits) if cfg.free_bits else kl_mean
+    unlabelled = torch.ones(n, dtype=torch.bool, device=x.device) if breed is None else breed < 0
+    log_q = torch.log_softmax(out.class_logits.float(), 1)
+    entropy = -(log_q.exp() * log_q).sum(1)[unlabelled].sum() / n
+    bound_extra = math.log(cfg.n_breeds) * weights.sum() / n - entropy  # -log p(y), p uniform
+    classification = _labelled_cross_entropy(out.class_logits, breed, ~unlabelled, cfg) / n
+    return LossOutput(
+        total=recon_mean + beta * kl_term + bound_extra + cfg.classifier_weight * classification,
+        reconstruction=recon_mean,
+        kl=kl_mean,
+        elbo=(recon_mean + kl_mean + bound_extra).detach(),
+        beta=beta,
+    )
+
+
+def _labelled_cross_entropy(
+    class_logits: torch.Tensor, breed: torch.Tensor | None, labelled: torch.Tensor, cfg: VAEConfig
+) -> torch.Tensor:
+    """The classifier's label-smoothed cross-entropy summed over the labelled images."""
+    if not labelled.any():
+        return class_logits.new_zeros((), dtype=torch.float32)
+    return F.cross_entropy(
+        class_logits[labelled].float(),
+        breed[labelled],
+        label_smoothing=cfg.label_smoothing,
+        reduction="sum",
+    )

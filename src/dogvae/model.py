@@ -1,4 +1,7 @@
-"""The VAE: a config dataclass, named presets, one base contract and the convolutional models.
+"""The VAE: a config dataclass, named model presets, typed outputs, one base contract and the
+convolutional models. A forward pass returns a `VAEOutput` (pixel logits and the
+`DiagonalGaussian` posterior; an ssvae's adds classifier logits and its scored breed pairs);
+the losses it feeds are in `dogvae.losses`, the presets' training settings in `dogvae.recipes`.
 
 `BaseVAE` is the contract every variant obeys (encode, decode, loss, reconstruct, sample,
 embed, `conditional`, `has_classifier`); the trainer and the latent tasks know nothing
@@ -20,19 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dogvae.losses import (
-    LIKELIHOODS,
-    bits_per_dim,
-    kl_per_dim,
-    kl_with_free_bits,
-    reconstruction_nll,
-)
+from dogvae.losses import LIKELIHOODS, LossOutput, bits_per_dim, kl_per_dim, m2_loss, vae_loss
 
 MODELS = ("vae", "cvae", "ssvae")
 TEST_TIME_VIEWS = (1, 2, 10)
@@ -63,10 +60,9 @@ class VAEConfig:
     `classifier_augment` gives the classifier random shifts and flips; its weights decay by
     `classifier_weight_decay` (AdamW), more than the generative half's, and its pooled features
     are dropped out with probability `classifier_dropout` in training. It has its own
-    `classifier_activation`: alone on dogs-full (30 epochs, 32-64-192-384) it reached 29.8%
-    top-1 with silu and 25.6% with leaky_relu, small64's activation. Out of training it answers
-    with its probabilities averaged over `classifier_views` views of the photo (1, 2 or 10:
-    `photo_views`).
+    `classifier_activation` (silu suits it better than the generative half's leaky_relu; see
+    docs/results.md). Out of training it answers with its probabilities averaged over
+    `classifier_views` views of the photo (1, 2 or 10: `photo_views`).
     """
 
     image_size: int = 64
@@ -182,14 +178,10 @@ class VAEConfig:
 
 @dataclass
 class Preset:
-    """A named model shape with the training settings it was designed for."""
+    """A named model shape; the settings it trains with are its `dogvae.recipes` entry."""
 
     model: VAEConfig
-    batch_size: int = 64
-    lr: float = 2e-3
-    epochs: int = 30
     description: str = ""
-    train_overrides: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {
@@ -205,22 +197,10 @@ PRESETS: dict[str, Preset] = {
             activation="leaky_relu",
             likelihood="bernoulli",
         ),
-        batch_size=32,
-        lr=1e-4,
-        epochs=30,
         description="faithful replica of the original Keras model (43,413,091 parameters)",
-        train_overrides={
-            "weight_decay": 0.0,
-            "warmup_steps": 0,
-            "grad_clip": 0.0,
-            "lr_schedule": "constant",
-        },  # fmt: skip
     ),
     "small64": Preset(
         model=VAEConfig(image_size=64, latent_dim=128, dec_widths=(128, 64, 32, 16)),
-        batch_size=64,
-        lr=2e-3,
-        epochs=40,
         description="CPU default: 64 px, 2.4 M parameters, Gaussian likelihood",
     ),
     "res64": Preset(
@@ -234,9 +214,6 @@ PRESETS: dict[str, Preset] = {
             norm="batch",
             activation="silu",
         ),
-        batch_size=64,
-        lr=1e-3,
-        epochs=40,
         description="residual blocks below 32 px, 64 px: better reconstructions for longer runs",
     ),
     "res128": Preset(
@@ -250,9 +227,6 @@ PRESETS: dict[str, Preset] = {
             norm="group",
             activation="silu",
         ),
-        batch_size=32,
-        lr=1e-3,
-        epochs=60,
         description="residual blocks, 128 px, latent 256: for a GPU",
     ),
 }
@@ -408,11 +382,7 @@ class BreedClassifier(nn.Module):
 def augment_for_classifier(x: torch.Tensor, max_shift: float = 1 / 16) -> torch.Tensor:
     """Per image, a random shift by whole pixels, up to `max_shift` of the side each way
     (reflected at the edges), and a left-right flip: the light augmentation a short CPU run
-    learns best from.
-
-    A classifier alone on dogs-full at 64 px (12 epochs, one-cycle AdamW, 3.7 min) reached
-    19.3% top-1 and 46.9% top-5 with it, 20.0% / 46.0% with random 64 px crops of 72 px
-    images, and 16.6% / 44.0% with the zooming crops and colour jitter it replaced. The random
+    learns best from (docs/results.md compares it with crops and colour jitter). The random
     numbers come from the CPU generator, so a resumed run draws the same ones.
     """
     n, side = len(x), x.shape[-1]
@@ -429,11 +399,8 @@ def augment_for_classifier(x: torch.Tensor, max_shift: float = 1 / 16) -> torch.
 def photo_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The photo (n = 1); and its mirror image (2); and, each mirrored too, four copies shifted
     diagonally by 3/64 of the side, reflected at the edges (10). Dogs face either way and sit
-    anywhere in the frame, so the classifier's answer averaged over these is steadier.
-
-    On dogs-full (the ssvae's classifier in four 60-epoch runs, val split) the mirror added
-    0.5-2.5 points of top-1 and of top-5 to the single view, the eight shifted views another
-    0.3-3.2; the cost is one classifier pass per view.
+    anywhere in the frame, so the classifier's answer averaged over these is steadier (by how
+    much: docs/results.md); the cost is one classifier pass per view.
     """
     views = [x]
     if n == 10:
@@ -447,14 +414,59 @@ def photo_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 
 @dataclass
-class LossOutput:
-    """One batch's objective and its parts; every figure is a batch mean in nats per image."""
+class DiagonalGaussian:
+    """The posterior q(z | x): independent normals N(mean, exp(logvar)) per latent dimension."""
 
-    total: torch.Tensor
-    reconstruction: torch.Tensor
-    kl: torch.Tensor
-    elbo: torch.Tensor
-    beta: float
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, eps: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """mean + std * eps: a draw by the reparameterisation trick, with the standard-normal
+        noise `eps` given (so a run can choose where it comes from) or drawn from `generator`."""
+        if eps is None:
+            eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
+        return self.mean + eps.to(self.mean.dtype) * self.std
+
+    def mode(self) -> torch.Tensor:
+        """The likeliest code, the mean: what the latent tasks use, so they are deterministic."""
+        return self.mean
+
+    def kl(self, per_dim: bool = False) -> torch.Tensor:
+        """KL(q || N(0, I)) in nats, in float32: per image (B,), or (B, D) with `per_dim`."""
+        dims = kl_per_dim(self.mean.float(), self.logvar.float())
+        return dims if per_dim else dims.sum(1)
+
+
+@dataclass
+class VAEOutput:
+    """A forward pass, what `objective` scores: the decoder's pixel logits and the posterior
+    whose sample they were decoded from, one row per image."""
+
+    logits: torch.Tensor
+    posterior: DiagonalGaussian
+
+
+@dataclass
+class BreedCandidates:
+    """The (image, breed) pairs M2 scores (`breed_candidates`): image `rows[i]` decoded as
+    `breeds[i]`, its cost counted with weight `weights[i]` (which carries q(y|x)'s gradient)."""
+
+    rows: torch.Tensor
+    breeds: torch.Tensor
+    weights: torch.Tensor
+
+
+@dataclass
+class SemiSupervisedOutput(VAEOutput):
+    """An ssvae's forward pass: logits and posterior have one row per scored pair (`candidates`),
+    `class_logits` one row per image (the classifier's, before the softmax)."""
+
+    class_logits: torch.Tensor
+    candidates: BreedCandidates
 
 
 class BaseVAE(nn.Module):
@@ -466,7 +478,7 @@ class BaseVAE(nn.Module):
 
     `conditional` says whether the breed argument changes anything (a plain VAE ignores it);
     `has_classifier` whether `classify(x)` gives breed logits (N, n_breeds). Training calls
-    `noisy_forward(x, eps, breed)` and hands its outputs to `objective`, labels included.
+    `noisy_forward(x, eps, breed)` and hands its `VAEOutput` to `objective`, labels included.
     """
 
     config: VAEConfig
@@ -501,14 +513,12 @@ class BaseVAE(nn.Module):
 
     def noisy_forward(
         self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        """The forward pass with the reparameterisation noise `eps` given: what `objective`
-        takes after `x`. Here (logits, mu, logvar)."""
-        mu, logvar = self.encode(x, breed)
-        z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
-        return self.decode_logits(z, breed), mu, logvar
+    ) -> VAEOutput:
+        """The forward pass with the reparameterisation noise `eps` (B, latent_dim) given."""
+        posterior = DiagonalGaussian(*self.encode(x, breed))
+        return VAEOutput(self.decode_logits(posterior.sample(eps), breed), posterior)
 
-    def forward(self, x: torch.Tensor, breed: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, breed: torch.Tensor | None = None) -> VAEOutput:
         eps = torch.randn(len(x), self.config.latent_dim, device=x.device)
         return self.noisy_forward(x, eps, breed)
 
@@ -516,32 +526,19 @@ class BaseVAE(nn.Module):
         self, x: torch.Tensor, beta: float | None = None, breed: torch.Tensor | None = None
     ) -> LossOutput:
         """Training objective and its parts for a batch; `beta` overrides the config's weight."""
-        return self.objective(x, *self(x, breed), beta=beta, breed=breed)
+        return self.objective(x, self(x, breed), beta=beta, breed=breed)
 
     def objective(
         self,
         x: torch.Tensor,
-        logits: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
+        out: VAEOutput,
         beta: float | None = None,
         breed: torch.Tensor | None = None,
     ) -> LossOutput:
-        """The loss from `noisy_forward`'s outputs (kept apart so DDP can wrap the forward
-        alone). `breed` is unused here: the forward pass already conditioned on it."""
-        cfg = self.config
-        beta = cfg.beta if beta is None else beta
-        recon = reconstruction_nll(x, logits, cfg.likelihood, self.log_scale).mean()
-        kl_dims = kl_per_dim(mu.float(), logvar.float())
-        kl = kl_dims.sum(1).mean()
-        kl_term = kl_with_free_bits(kl_dims, cfg.free_bits) if cfg.free_bits else kl
-        return LossOutput(
-            total=recon + beta * kl_term,
-            reconstruction=recon,
-            kl=kl,
-            elbo=(recon + kl).detach(),
-            beta=beta,
-        )
+        """The loss of `noisy_forward`'s output (kept apart so DDP can wrap the forward alone).
+        `breed` is unused here: the forward pass already conditioned on it."""
+        beta = self.config.beta if beta is None else beta
+        return vae_loss(x, out, self.config, self.log_scale, beta)
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """The optimiser's parameter groups (each clipped on its own): here one, decayed by
@@ -666,7 +663,7 @@ class ConditionalVAE(BreedAwareVAE):
 
     def noisy_forward(
         self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> VAEOutput:
         if self.training and breed is not None and self.config.breed_dropout > 0:
             # some labelled images train the "unknown breed" row, for photos without a label
             dropped = (torch.rand(len(breed)) < self.config.breed_dropout).to(breed.device)
@@ -676,7 +673,7 @@ class ConditionalVAE(BreedAwareVAE):
 
 def breed_candidates(
     probs: torch.Tensor, labels: torch.Tensor | None, top_k: int, u: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> BreedCandidates:
     """Which (image, breed) pairs the M2 objective scores, and the weight of each.
 
     A labelled image is scored with its label, weight 1. An unlabelled image is scored with
@@ -684,7 +681,6 @@ def breed_candidates(
     drawn from the rest in proportion to q (by inverse CDF at `u`, one uniform per image),
     weighted by the rest's whole mass. So sum_y q(y|x) f(y) is estimated without bias (exact
     when at most top_k + 1 breeds exist), with top_k + 1 decoder passes instead of n_breeds.
-    Returns (rows, breeds, weights), one entry per pair; weights carry q's gradient.
     """
     n, k_all = probs.shape
     unlabelled = torch.ones(n, dtype=torch.bool, device=probs.device)
@@ -706,7 +702,7 @@ def breed_candidates(
         rows.append(rows_u)
         breeds.append(drawn)
         weights.append(rest_mass)
-    return torch.cat(rows), torch.cat(breeds), torch.cat(weights)
+    return BreedCandidates(torch.cat(rows), torch.cat(breeds), torch.cat(weights))
 
 
 class SemiSupervisedVAE(BreedAwareVAE):
@@ -768,71 +764,32 @@ class SemiSupervisedVAE(BreedAwareVAE):
 
     def noisy_forward(
         self, x: torch.Tensor, eps: torch.Tensor, breed: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        """(logits, mu, logvar) per scored (image, breed) pair, then the classifier's logits
-        and the pairs themselves (rows, breeds, weights) from `breed_candidates`."""
+    ) -> SemiSupervisedOutput:
+        """The classifier's logits, and the decoder's for each (image, breed) pair that
+        `breed_candidates` picks, image i's pairs all with noise `eps[i]`."""
         seen = augment_for_classifier(x) if self.training and self.config.classifier_augment else x
         class_logits = self.classifier(seen)
         # validation draws the same "rest" breed every time, so its figures are repeatable
         u = torch.rand(len(x)) if self.training else torch.full((len(x),), 0.5)
         probs = torch.softmax(class_logits.float(), 1)
-        rows, breeds, weights = breed_candidates(
-            probs, breed, self.config.classifier_top_k, u.to(x.device)
+        pairs = breed_candidates(probs, breed, self.config.classifier_top_k, u.to(x.device))
+        condition = self.breed_vector(pairs.breeds, len(pairs.breeds))
+        posterior = DiagonalGaussian(
+            *self.encoder.heads(self.encoder.trunk(x)[pairs.rows], condition)
         )
-        condition = self.breed_vector(breeds, len(breeds))
-        mu, logvar = self.encoder.heads(self.encoder.trunk(x)[rows], condition)
-        z = mu + eps[rows].to(mu.dtype) * torch.exp(0.5 * logvar)
-        return self.decoder(z, condition), mu, logvar, class_logits, rows, breeds, weights
+        logits = self.decoder(posterior.sample(eps[pairs.rows]), condition)
+        return SemiSupervisedOutput(logits, posterior, class_logits, pairs)
 
     def objective(
         self,
         x: torch.Tensor,
-        logits: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        class_logits: torch.Tensor,
-        rows: torch.Tensor,
-        breeds: torch.Tensor,
-        weights: torch.Tensor,
+        out: SemiSupervisedOutput,
         beta: float | None = None,
         breed: torch.Tensor | None = None,
     ) -> LossOutput:
-        cfg = self.config
-        beta = cfg.beta if beta is None else beta
-        n = len(x)
-        weights = weights.float()
-        recon = reconstruction_nll(x[rows], logits, cfg.likelihood, self.log_scale)
-        kl_dims = kl_per_dim(mu.float(), logvar.float())
-        weighted_kl_dims = (weights[:, None] * kl_dims).sum(0) / n
-        recon_mean = (weights * recon).sum() / n
-        kl_mean = weighted_kl_dims.sum()
-        kl_term = (
-            kl_with_free_bits(weighted_kl_dims[None], cfg.free_bits) if cfg.free_bits else kl_mean
-        )
-        log_prior = math.log(cfg.n_breeds)  # -log p(y), p(y) uniform
-        unlabelled = (
-            torch.ones(n, dtype=torch.bool, device=x.device) if breed is None else breed < 0
-        )
-        log_q = torch.log_softmax(class_logits.float(), 1)
-        entropy = -(log_q.exp() * log_q).sum(1)[unlabelled].sum() / n
-        bound_extra = log_prior * weights.sum() / n - entropy
-        labelled = ~unlabelled
-        classification = x.new_zeros((), dtype=torch.float32)
-        if labelled.any():
-            classification = F.cross_entropy(
-                class_logits[labelled].float(), breed[labelled],
-                label_smoothing=cfg.label_smoothing, reduction="sum",
-            ) / n  # fmt: skip
-        return LossOutput(
-            total=recon_mean
-            + beta * kl_term
-            + bound_extra
-            + cfg.classifier_weight * classification,
-            reconstruction=recon_mean,
-            kl=kl_mean,
-            elbo=(recon_mean + kl_mean + bound_extra).detach(),
-            beta=beta,
-        )
+        """M2's loss (`dogvae.losses.m2_loss`) of images `x` labelled `breed` (-1: unlabelled)."""
+        beta = self.config.beta if beta is None else beta
+        return m2_loss(x, out, breed, self.config, self.log_scale, beta)
 
 
 def count_parameters(model: nn.Module, *, keras_style: bool = False) -> int:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from dogvae.callbacks import Callback, EpochFunction, default_callbacks
 from dogvae.errors import DogvaeError
 from dogvae.model import PRESETS, VAEConfig, preset_config
+from dogvae.recipes import TRAINING_RECIPES
 from dogvae.runtime import deterministic_algorithms, setup_runtime
 from dogvae.trainer import Trainer, setup
 
@@ -26,18 +27,13 @@ from dogvae.trainer import Trainer, setup
 FLAGS = {"batch_size": "--batch-size", "lr": "--lr"}
 MODEL_FLAGS = "--image-size, --latent-dim, --beta, --model or the model section of --config"
 
-# What a preset does not set in its `train_overrides` (the Keras replica turns most of them off).
-TRAIN_DEFAULTS = {
-    "weight_decay": 1e-4, "warmup_steps": 100, "grad_clip": 5.0, "compile": False,
-    "lr_schedule": "cosine",
-}  # fmt: skip
 LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class TrainConfig:
-    """How to train. `None` fields take the preset's value (see `dogvae.model.PRESETS`): its
-    epochs, batch size and learning rate, and its `train_overrides` of `TRAIN_DEFAULTS`.
+    """How to train. `None` fields take the preset's value from its training recipe
+    (`dogvae.recipes.TRAINING_RECIPES`).
 
     `batch_size` is the global batch: under torchrun with N processes each takes 1/N of it.
     `deterministic` makes a CUDA run repeat itself bit for bit (cuDNN's deterministic
@@ -97,14 +93,8 @@ class TrainConfig:
         for name in ("channels_last", "device_cache"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise DogvaeError(f"{name} must be auto, on or off, not {getattr(self, name)!r}")
-        preset = PRESETS[self.preset]
-        values = dict(self.__dict__)
-        for name in ("epochs", "batch_size", "lr"):
-            if values[name] is None:
-                values[name] = getattr(preset, name)
-        for name, default in TRAIN_DEFAULTS.items():
-            if values[name] is None:
-                values[name] = preset.train_overrides.get(name, default)
+        recipe = dataclasses.asdict(TRAINING_RECIPES[self.preset])
+        values = {k: recipe[k] if v is None and k in recipe else v for k, v in vars(self).items()}
         resolved = TrainConfig(**values)
         resolved.check_numbers()
         return resolved

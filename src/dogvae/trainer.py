@@ -483,7 +483,7 @@ class Trainer:
             noise_rows(s.cfg.batch_size, s.model_cfg.latent_dim, s.rt), s.rt.device
         )
         with autocast(s.rt):
-            out = s.model.objective(x, *s.forward(x, eps, y), beta=beta, breed=y)
+            out = s.model.objective(x, s.forward(x, eps, y), beta=beta, breed=y)
         lr = s.scheduler.get_last_lr()[0]
         sums = torch.cat([
             torch.stack([out.total, out.reconstruction, out.kl]).detach().double() * len(x),

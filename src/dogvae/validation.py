@@ -48,7 +48,7 @@ def _score_batch(model: BaseVAE, x, y, eps) -> tuple[torch.Tensor, torch.Tensor]
     """One batch's summed figures (in `ValidationSums` order, images last) and its codes."""
     b = len(x)
     given = model.validation_breed(y)
-    out = model.objective(x, *model.noisy_forward(x, eps, given), beta=1.0, breed=given)
+    out = model.objective(x, model.noisy_forward(x, eps, given), beta=1.0, breed=given)
     scores = model.classify(x, views=2) if model.has_classifier else None
     breed = model.resolve_breed(x, given, scores)
     mu = model.encode(x, breed)[0]
