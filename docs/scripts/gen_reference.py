@@ -18,7 +18,7 @@ import mkdocs_gen_files
 from dogvae import __version__
 from dogvae.cli import build_parser
 
-os.environ["COLUMNS"] = "100"  # argparse wraps usage to the terminal; fix it for the page
+os.environ["COLUMNS"] = "76"  # argparse wraps usage to the terminal; fix it for the page
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -117,9 +117,9 @@ def argument_rows(parser: argparse.ArgumentParser) -> list[str]:
             helps.append("one of " + ", ".join(f"`{c}`" for c in action.choices))
         if action.required and action.option_strings:
             helps.append("required")
-        if action.default not in (None, False, argparse.SUPPRESS) and not isinstance(
-            action, argparse._StoreTrueAction
-        ):
+        if not any(
+            action.default is v for v in (None, False, argparse.SUPPRESS)
+        ) and not isinstance(action, argparse._StoreTrueAction):
             helps.append(f"default `{action.default}`")
         text = "; ".join(h for h in helps if h).replace("|", "\\|")
         rows.append(f"| {name} | {text} |")
@@ -167,7 +167,7 @@ def schema_type(schema: dict) -> str:
         return " or ".join(schema_type(s) for s in schema["anyOf"] if s.get("type") != "null")
     if "enum" in schema:
         return " / ".join(f"`{v}`" for v in schema["enum"])
-    if schema.get("format") == "binary":
+    if schema.get("format") == "binary" or "contentMediaType" in schema:
         return "file"
     return schema.get("type", schema.get("$ref", "").rsplit("/", 1)[-1])
 
@@ -202,6 +202,16 @@ def operation_fields(op: dict, components: dict) -> list[str]:
     return rows
 
 
+def answer_text(response: dict) -> str:
+    """A response's description, with the schema or media type it answers with."""
+    kinds = []
+    for media, content in response.get("content", {}).items():
+        ref = content.get("schema", {}).get("$ref", "")
+        kinds.append(f"`{ref.rsplit('/', 1)[-1]}`" if ref else f"`{media}`")
+    text = response.get("description", "")
+    return f"{text} ({', '.join(kinds)})" if kinds else text
+
+
 def write_http_page() -> None:
     spec = openapi_schema()
     components = spec["components"]["schemas"]
@@ -225,8 +235,7 @@ def write_http_page() -> None:
                         "| field | in, type | meaning |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
                     )
                 answers = [
-                    f"| {status} | {r.get('description', '')} |"
-                    for status, r in op["responses"].items()
+                    f"| {status} | {answer_text(r)} |" for status, r in op["responses"].items()
                 ]
                 f.write("| status | answer |\n|---|---|\n" + "\n".join(answers) + "\n\n")
 
