@@ -111,7 +111,8 @@ def argument_rows(parser: argparse.ArgumentParser) -> list[str]:
             or f"`{action.metavar or action.dest}`"
         )
         if action.metavar and action.option_strings:
-            name += f" `{action.metavar}`"
+            metavar = action.metavar
+            name += f" `{' '.join(metavar) if isinstance(metavar, tuple) else metavar}`"
         helps = [action.help or ""]
         if action.choices:
             helps.append("one of " + ", ".join(f"`{c}`" for c in action.choices))
