@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test` (`make docs` builds the site).
 # Set-up installs the CPU build of torch 2.13.0 first, then the package with its extras,
 # so pip never resolves torch's open range to a multi-GB CUDA build.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint bench clean chromium
+.PHONY: setup demo test lint docs bench clean chromium
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,8 @@ demo: setup
 	$(BIN)/dogvae demo --out demo-out
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs/scripts
+	$(BIN)/ruff format --check src tests bench docs/scripts
 
 # tests/test_app_browser.py drives Debian's Chromium. As root with apt-get (CI), install it when
 # it is missing; elsewhere say so, and the test skips with that reason.
@@ -36,9 +36,13 @@ chromium:
 test: lint chromium
 	$(BIN)/python -m pytest -q
 
+# The docs site into site/: warnings are errors, and the notebook in examples/ is executed.
+docs: setup
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(BIN)/python bench/data_throughput.py
 	$(BIN)/python bench/train_throughput.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-out site .cache/mkdocs-jupyter .pytest_cache .ruff_cache

@@ -16,24 +16,9 @@ odd as the oddest 1% of held-out dogs" on that score, whatever its units):
 The novelty score is the largest of the four; an input is "unlike any training dog" above the
 99th percentile of the validation split's novelty scores, so about 1 in 100 held-out dogs is
 flagged by construction. Raw VAE likelihood misleads (Nalisnick et al. 2019), and so do the
-first three scores on simple pictures: small64 trained 30 epochs on dogs-full reconstructs the
-VAE diagram `wallpaper.png` at 21.1 dB, better than the typical photo, and puts its code among
-the breeds (latent distance 0.58, reconstruction error 0.38, KL rate 0.95 of their thresholds).
-Its complexity gap is 47,500 bits against a validation median of 11,300 and 99th percentile of
-26,800: the model spends as many bits on it as on a photo, while PNG needs a third of them.
-The same score also flags dogs cut out on a white page (`dingo.jpg`, `labrador.jpeg`: 45,100
-and 36,100 bits), photos unlike the Kaggle ones, which is what the flag says.
-
-On pictures that are not dogs (`dogvae.tasks.non_dogs`, 36 of them: scikit-image's and
-scikit-learn's bundled photos and drawings made there) the verdict of a weak ssvae (3 epochs on
-dogs-full, 8% top-1) flags 63.9% while flagging 1.1% of its validation dogs; at the 95th
-percentile line it flags 72.2% and 5.1% (`bench/not_a_dog.py --run RUN`). It misses textured
-natural photos (grass, gravel, a cat, coffee, a temple), whose PNGs are as long as the model's
-code, and uniform noise. Two further scores measured no better there and are not used: the
-classifier's maximum probability (Hendrycks and Gimpel 2017; 63.9%, the weak classifier is as
-unsure of a dog as of a rocket) and the Mahalanobis distance of the classifier's pooled
-features to the nearest breed (Lee et al. 2018; 16.7% alone, 66.7% as a fifth score), nor did
-two-tailed (typicality) versions of the four scores (63.9%).
+first three scores on simple pictures such as the VAE diagram, which a dog model reconstructs
+well; the complexity gap catches them. How the verdict does on pictures that are not dogs, and
+the scores tried and left out, are in docs/results.md ("Not a dog", `bench/not_a_dog.py`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ covariance, as pythae's GMMSampler) fitted once to the training split's posterio
 facings, plus their mean posterior variance; it is kept in `RUN/sampler.npz` as plain arrays
 beside the latent store it was fitted on. It is the default source ("gmm"); "prior" draws from
 N(0, I). `bench/sampler_fid.py` measures both with a Frechet distance in the classifier's
-feature space (see the README).
+feature space (docs/results.md, "Sampling").
 """
 
 from __future__ import annotations
