@@ -38,6 +38,8 @@ LAYERS = [
             "dogvae.callbacks",
             "dogvae.validation",
             "dogvae.runtime",
+            "dogvae.optim",
+            "dogvae.progress",
             "dogvae.run",
             "dogvae.recipes",
             "dogvae.precision",
