@@ -33,6 +33,7 @@ from dogvae.app.service import ServedRun  # noqa: E402
 from dogvae.cli import main  # noqa: E402
 from dogvae.latents import open_store  # noqa: E402
 from dogvae.tasks import ancestry, identify  # noqa: E402
+from dogvae.train import TrainConfig  # noqa: E402
 
 with warnings.catch_warnings():
     # Starlette 1.x suggests httpx2 for its test client; httpx, in the dev extra, still works.
@@ -84,7 +85,10 @@ def test_model_card_gives_preset_data_metrics_breeds_and_limits(client, tiny_run
     card = client.get("/api/model").json()
     model = checkpoint.load(tiny_run[0])
     assert card["breeds"] == model.breeds and len(card["breeds"]) == BREEDS
-    assert card["preset"] == "small64" and card["image_size"] == 32 and card["latent_dim"] == 8
+    trained_with = TrainConfig(data="d", out="o").preset  # the tiny run takes the default
+    assert (card["preset"], card["image_size"], card["latent_dim"]) == (
+        trained_with, model.config.image_size, model.config.latent_dim,
+    )  # fmt: skip
     assert card["data"]["n_images"] == BREEDS * 30 and card["data"]["layout"] == "kaggle"
     assert {"elbo", "psnr", "bits_per_dim"} <= set(card["metrics"]["val"])
     assert card["store"]["available"] and card["store"]["n_images"] == BREEDS * 30

@@ -16,6 +16,7 @@ from dogvae.cli import main
 from dogvae.synth import (
     FACTOR_RANGES,
     MUTT_SHARE_RANGE,
+    SYNTH_VERSION,
     BreedSpec,
     DogFactors,
     SynthError,
@@ -79,7 +80,7 @@ def test_breeds_json_holds_each_breeds_distribution_and_the_run(small_set):
     out, summary = small_set
     doc = json.loads((out / "breeds.json").read_text())
     assert (doc["generator"], doc["seed"], doc["size"]) == ("dogvae.synth", 7, 32)
-    assert isinstance(doc["version"], int)
+    assert doc["version"] == SYNTH_VERSION
     assert [b["name"] for b in doc["breeds"]] == summary["breeds"]
     for breed in doc["breeds"]:
         assert set(breed["mean"]) == set(breed["sd"]) == set(FACTOR_RANGES)

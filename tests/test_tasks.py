@@ -12,8 +12,9 @@ from PIL import Image, ImageDraw
 
 from dogvae import checkpoint
 from dogvae.cli import main
-from dogvae.latents import open_store
+from dogvae.latents import STORE_FILE, encode_images, open_store
 from dogvae.metrics import frechet_distance, gaussian_frechet_distance
+from dogvae.pictures import to_uint8
 from dogvae.tasks import (
     ancestry,
     cluster_latents,
@@ -24,11 +25,22 @@ from dogvae.tasks import (
     reconstruct_photos,
     sample_dogs,
 )
+from dogvae.tasks.ancestry import answer_ancestry
+from dogvae.tasks.clusters import agreement, cluster_codes
 from dogvae.tasks.identify import answer_identify
+from dogvae.tasks.inputs import read_photos
 from dogvae.tasks.knowledge import BreedKnowledge
+from dogvae.tasks.mixing import decode_codes
 from dogvae.tasks.non_dogs import encode_pictures, flag_rates, non_dog_pictures
-from dogvae.tasks.probe import PROBE_FILE, breed_probe, load_probe
-from dogvae.tasks.sample import MIXTURE_COMPONENTS, MIXTURE_FILE, latent_mixture, load_mixture
+from dogvae.tasks.probe import PROBE_FILE, breed_probe, fit_probe, load_probe
+from dogvae.tasks.reconstruct import reconstruct_pixels
+from dogvae.tasks.sample import (
+    MIXTURE_COMPONENTS,
+    MIXTURE_FILE,
+    breed_codes,
+    latent_mixture,
+    load_mixture,
+)
 
 BREEDS = 4
 
@@ -83,15 +95,51 @@ def png_size(path):
         return img.size
 
 
-def test_reconstruct_writes_pairs_and_psnr_for_any_photo_format(loaded, photos, tmp_path):
+def picture_tiles(path, n_rows: int, n_cols: int, size: int = 32) -> np.ndarray:
+    """(rows, cols, size, size, 3) the tiles of a captioned `image_grid` picture, read back at
+    the model's size: each tile is drawn 3x (96 px) with a 2 px gap and a 12 px caption."""
+    with Image.open(path) as img:
+        sheet = np.asarray(img.convert("RGB"))
+    scale, pad = 96 // size, 2
+    side = size * scale
+
+    def tile(r, c):
+        top, left = pad + r * (side + pad + 12), pad + c * (side + pad)
+        return sheet[top : top + side : scale, left : left + side : scale]
+
+    return np.stack([np.stack([tile(r, c) for c in range(n_cols)]) for r in range(n_rows)])
+
+
+def psnr_of(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)
+    return float(-10 * np.log10(mse))
+
+
+def test_reconstruct_reports_the_psnr_of_the_pair_it_draws_for_any_photo_format(
+    loaded, photos, tmp_path
+):
     model, _ = loaded
     inputs = [photos / "alpha.png", photos / "webp.jpeg", photos / "rotated.jpg"]
     result = reconstruct_photos(model, inputs, tmp_path / "recon.png")
-    assert set(result) == {"images", "mean_psnr", "picture"}
     assert [r["image"] for r in result["images"]] == [str(p) for p in inputs]
-    assert all(5 < r["psnr"] < 60 for r in result["images"])
-    width, height = png_size(tmp_path / "recon.png")
-    assert width < height  # two columns, one row per photo
+    tiles = picture_tiles(tmp_path / "recon.png", n_rows=3, n_cols=2)  # original | decoded
+    for row, reported in zip(tiles, result["images"], strict=True):
+        assert reported["psnr"] == pytest.approx(psnr_of(row[0], row[1]), abs=0.05)
+    assert result["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in result["images"]]))
+    assert tiles[2, 0].shape == (32, 32, 3) and not np.array_equal(tiles[2, 0], tiles[0, 0])
+
+
+def test_a_reconstruction_resembles_its_own_photo_more_than_the_other_validation_dogs(loaded):
+    """The shuffled-pairs baseline: what a decoder that ignored its code would score."""
+    model, store = loaded
+    knowledge = BreedKnowledge(model, store)
+    photos = knowledge.photos_of_rows(store.val_rows)
+    decoded, psnr = reconstruct_pixels(model, photos)
+    drawn = to_uint8(decoded)
+    versus = np.array([[psnr_of(photo, d) for photo in photos] for d in drawn])
+    own, others = np.diag(versus), versus[~np.eye(len(photos), dtype=bool)]
+    assert own == pytest.approx(psnr, abs=0.05)  # the reported figure is the drawn pair's
+    assert own.mean() > others.mean() + 0.2, (own.mean(), others.mean())
 
 
 def test_mix_strip_single_and_grid_are_deterministic(loaded, tiny_run, tmp_path):
@@ -111,61 +159,143 @@ def test_mix_strip_single_and_grid_are_deterministic(loaded, tiny_run, tmp_path)
     assert centroid["kinds"] == ["breed centroid", "breed centroid"]
 
 
-def test_ancestry_gives_shares_that_sum_to_one_and_a_picture(loaded, tiny_run, tmp_path):
+def test_a_mix_of_two_photos_runs_from_one_reconstruction_to_the_other_through_their_mean(
+    loaded, tiny_run, tmp_path
+):
+    model, store = loaded
+    a, b = sorted((tiny_run[1] / "mutts").iterdir())[:2]
+    strip = mix(model, store, str(a), str(b), tmp_path / "strip.png", steps=3)
+    assert strip["kinds"] == ["photo", "photo"]
+    tiles = picture_tiles(tmp_path / "strip.png", n_rows=1, n_cols=5)[0]  # a, 3 steps, b
+    pixels = read_photos(model, [a, b])
+    assert np.array_equal(tiles[0], pixels[0]) and np.array_equal(tiles[4], pixels[1])
+    decoded, _ = reconstruct_pixels(model, pixels)
+    reconstructions = to_uint8(decoded)
+    assert np.abs(tiles[1].astype(int) - reconstructions[0]).max() <= 1  # t = 0
+    assert np.abs(tiles[3].astype(int) - reconstructions[1]).max() <= 1  # t = 1
+    encoded = encode_images(model, pixels)
+    halfway = to_uint8(decode_codes(model, encoded.mu.mean(0, keepdims=True)))[0]
+    assert np.abs(tiles[2].astype(int) - halfway).max() <= 1  # lerp at t = 0.5
+
+
+def code_between(store, a: int, b: int, share_a: float):
+    """An `Encoded` dog whose code (both facings) is share_a of breed a's centroid and the
+    rest of breed b's, as typical as a validation dog otherwise."""
+    centroids = store.centroids()
+    z = (share_a * centroids[a] + (1 - share_a) * centroids[b]).astype(np.float32)[None]
+    typical = store.as_encoded(store.val_rows[:1])
+    return replace(typical, mu=z, mu_mirror=z)
+
+
+@pytest.mark.parametrize("a, b, share_a", [(0, 1, 0.5), (2, 3, 0.7), (3, 0, 0.4), (1, 2, 0.62)])
+def test_ancestry_of_a_code_mixed_from_two_breeds_names_both_and_their_shares(
+    loaded, a, b, share_a
+):
+    model, store = loaded
+    answer, _ = answer_ancestry(
+        BreedKnowledge(model, store), None, code_between(store, a, b, share_a)
+    )
+    shares = {p["breed"]: p["share"] for p in answer["parents"]}
+    assert set(shares) == {store.breeds[a], store.breeds[b]}
+    assert shares[store.breeds[a]] == pytest.approx(share_a, abs=0.02)
+    assert set(answer["ranking"][:2]) == {store.breeds[a], store.breeds[b]}
+    assert (answer["method"], answer["space"], answer["gain"]) == ("latent", "codes", None)
+
+
+def test_ancestry_of_a_photo_is_repeatable_and_drawn(loaded, tiny_run, tmp_path):
     model, store = loaded
     mutt = next((tiny_run[1] / "mutts").iterdir())
     result = ancestry(model, store, mutt, top=3, out=tmp_path / "ancestry.png")
-    assert set(result) == {
-        "image", "parents", "ranking", "residual", "method", "space", "gain", "novelty", "picture"
-    }  # fmt: skip
-    assert (result["method"], result["space"], result["gain"]) == ("latent", "codes", None)
-    assert 1 <= len(result["parents"]) <= 3
     assert sum(p["share"] for p in result["parents"]) == pytest.approx(1.0, abs=1e-3)
-    assert len(result["ranking"]) == 3 and set(result["ranking"]) <= set(store.breeds)
-    assert (tmp_path / "ancestry.png").is_file()
+    assert len(result["ranking"]) == 3 and (tmp_path / "ancestry.png").is_file()
     assert ancestry(model, store, mutt)["parents"] == result["parents"]
 
 
-def test_ancestry_evaluation_reports_recovery_against_nearest_centroid(loaded, tiny_run):
+def test_ancestry_finds_the_mutts_parents_more_often_than_chance_and_nearest_centroid(
+    loaded, tiny_run
+):
+    """Measured on this tiny VAE: both parents in the top 2 for 8 of 12 mutts (nearest
+    centroid 5, a random pair 2); 14 of 16 held-out purebreds are one breed, their own."""
     model, store = loaded
-    report = evaluate_ancestry(model, store, tiny_run[1])
+    _, data = tiny_run
+    knowledge = BreedKnowledge(model, store)
+    report = evaluate_ancestry(model, store, data, knowledge=knowledge)
     assert report["n_mutts"] == 12 and report["n_breeds"] == BREEDS
     assert report["method"] == "latent" and "latent" not in report  # a plain VAE: one method
-    for method in ("ancestry", "nearest_centroid"):
-        assert {"both_parents_top2", "both_parents_top3", "share_error"} <= set(report[method])
-    # the figure is what the answers to each mutt's photo say, counted
+    assert report["chance_both_parents_top2"] == pytest.approx(1 / 6)  # 6 pairs of 4 breeds
+    found, baseline = report["ancestry"], report["nearest_centroid"]
+    assert found["both_parents_top2"] > max(
+        2 * report["chance_both_parents_top2"], baseline["both_parents_top2"]
+    )
+    # the figures are what the answers to each photo say, counted
     import csv
 
-    with open(tiny_run[1] / "mutts.csv", newline="") as fh:
+    with open(data / "mutts.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     hits = []
     for row in rows:
-        ranking = ancestry(model, store, tiny_run[1] / "mutts" / f"{row['id']}.jpg")["ranking"]
+        photo = data / "mutts" / f"{row['id']}.jpg"
+        ranking = ancestry(model, store, photo, knowledge=knowledge)["ranking"]
         hits.append({row["parent_a"], row["parent_b"]} <= set(ranking[:2]))
-    assert report["ancestry"]["both_parents_top2"] == pytest.approx(sum(hits) / len(hits))
-    assert 0 <= report["purebreds_as_one_breed"] <= 1
+    assert found["both_parents_top2"] == pytest.approx(np.mean(hits))
+    own = []
+    for row in store.val_rows:
+        photo = data / "train" / f"{store.ids[row]}.jpg"
+        answer = ancestry(model, store, photo, knowledge=knowledge)
+        own.append([p["breed"] for p in answer["parents"]] == [store.breeds[store.labels[row]]])
+    assert report["purebreds_as_one_breed"] == pytest.approx(np.mean(own))
+    assert np.mean(own) > 0.5
 
 
-def test_identify_probabilities_sum_to_one_and_the_probe_is_kept(loaded, tiny_run, tmp_path):
+def test_identify_puts_a_held_out_dogs_own_breed_above_the_base_rate(loaded, tiny_run):
+    """Every validation dog through `identify`, as a user asks: its own breed gets more than
+    the 1 in 4 the validation split's breed shares would give it blind, for 15 of 16 dogs on
+    this model; the top-1 accuracy the answers carry is these answers counted."""
+    model, store = loaded
+    run, data = tiny_run
+    base_rate = np.bincount(store.labels[store.val_rows]) / len(store.val_rows)
+    knowledge, own, hits = BreedKnowledge(model, store, run), [], []
+    for row in store.val_rows:
+        photo = data / "train" / f"{store.ids[row]}.jpg"
+        answer = identify(model, store, photo, top=BREEDS, knowledge=knowledge)
+        probability = {t["breed"]: t["probability"] for t in answer["top"]}
+        breed = store.labels[row]
+        own.append(probability[store.breeds[breed]] > base_rate[breed])
+        hits.append(answer["top"][0]["breed"] == store.breeds[breed])
+        assert sum(probability.values()) == pytest.approx(1.0)
+    assert np.mean(own) >= 0.75
+    assert answer["source"] == "probe"  # a plain VAE has no classifier of its own
+    assert answer["accuracy"]["top1"] == pytest.approx(np.mean(hits))
+    assert np.mean(hits) >= 2 * answer["probe"]["chance_top1"]
+
+
+def test_identify_keeps_its_probe_and_answers_the_same_from_it(loaded, tiny_run, tmp_path):
     model, store = loaded
     run, data = tiny_run
     dog = data / "train" / f"{store.ids[store.val_rows[0]]}.jpg"
     result = identify(model, store, dog, top=BREEDS, run=run, out=tmp_path / "id.png")
-    assert set(result) == {
-        "image", "breed", "top", "novelty", "probe", "source", "accuracy", "note", "picture"
-    }  # fmt: skip
-    assert result["source"] == "probe"  # a plain VAE has no classifier of its own
     assert "little more breed than the pixels" in result["note"]
     chosen = result["probe"][result["probe"]["chosen"]]
     assert result["accuracy"]["top1"] == chosen["top1"]  # the figures of the probe that answered
-    assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0)
-    assert [t["breed"] for t in result["top"]] != [] and (run / PROBE_FILE).is_file()
-    assert set(result["probe"]) >= {"knn", "logistic", "chosen", "temperature", "chance_top1"}
     kept = (run / PROBE_FILE).stat().st_mtime_ns
     assert identify(model, store, dog, top=2, run=run)["top"] == result["top"][:2]
     assert (run / PROBE_FILE).stat().st_mtime_ns == kept
-    report = evaluate_identify(BreedKnowledge(model, store, run))
-    assert 0 <= report["logistic"]["top1"] <= 1 and 0 <= report["val_flagged_as_unlike"] <= 1
+    assert (tmp_path / "id.png").is_file()
+
+
+def test_identify_evaluation_counts_what_the_probes_and_the_novelty_flag_say(loaded):
+    model, store = loaded
+    knowledge = BreedKnowledge(model, store)
+    report = evaluate_identify(knowledge)
+    val = store.val_rows
+    for kind in ("knn", "logistic"):
+        probs = fit_probe(store, kind).predict_proba(store.codes[val])
+        hits = probs.argmax(1) == store.labels[val]
+        assert report[kind]["top1"] == pytest.approx(hits.mean())
+    assert report[report["chosen"]]["top1"] > report["chance_top1"]
+    flags = [knowledge.scorer.score(store.as_encoded([r]))[0]["unlike_training_dogs"] for r in val]
+    assert report["val_flagged_as_unlike"] == pytest.approx(np.mean(flags))
+    assert report["ece_after"] <= report["ece_before"]  # the temperature made it more honest
 
 
 def test_a_diagram_is_flagged_as_unlike_any_training_dog(loaded, tmp_path):
@@ -199,12 +329,20 @@ def test_most_non_dog_pictures_are_flagged_and_keep_their_unreliable_breeds(load
     assert flag_rates(knowledge.scorer, store.as_encoded(val))["verdict"] * len(val) <= 1
 
 
-def test_clusters_score_against_breeds_and_draw_a_map(loaded, tmp_path):
+def test_clusters_recover_the_breeds_better_than_shuffled_breeds_and_draw_a_map(loaded, tmp_path):
+    """Adjusted Rand index against the breeds, and against the same breeds shuffled among the
+    dogs (what clusters blind to breed would score, 0 on average): measured 0.40 (k-means)
+    and 0.36 (mixture) against at most 0.02 over 20 shuffles."""
     _, store = loaded
     result = cluster_latents(store, tmp_path / "map.png", seed=0)
+    labels = store.labels
+    clusters = cluster_codes(store.codes, BREEDS, seed=0)
+    rng = np.random.default_rng(0)
     for method in ("kmeans", "gaussian_mixture"):
-        assert set(result[method]) == {"nmi", "ari", "purity"}
-        assert 0 <= result[method]["nmi"] <= 1 and 0 < result[method]["purity"] <= 1
+        assert result[method] == pytest.approx(agreement(labels, clusters[method]))
+        shuffled = [agreement(rng.permutation(labels), clusters[method])["ari"] for _ in range(20)]
+        assert result[method]["ari"] > max(shuffled) + 0.2, (result[method], max(shuffled))
+        assert result[method]["purity"] > np.bincount(labels).max() / len(labels) + 0.2
     assert png_size(tmp_path / "map.png")[0] == 2 * 480
     assert cluster_latents(store, seed=0)["kmeans"] == result["kmeans"]
 
@@ -219,6 +357,37 @@ def test_sample_is_deterministic_with_a_seed(loaded, tmp_path):
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
     breed = sample_dogs(model, tmp_path / "d.png", n=4, breed=store.breeds[1], store=store)
     assert breed["source"] == store.breeds[1]
+
+
+def test_the_latent_mixture_draws_codes_with_the_training_codes_mean_and_spread(loaded):
+    """At temperature 1 the mixture's draws have the mean of the training codes (both
+    facings) and their covariance plus the mean posterior variance: EM keeps the first two
+    moments, and the sampler adds what the posteriors spread around their means."""
+    _, store = loaded
+    mixture = latent_mixture(store)
+    rows = store.train_rows
+    codes = np.concatenate([store.mu[rows], store.mu_mirror[rows]]).astype(np.float64)
+    spread = np.cov(codes, rowvar=False, bias=True)
+    spread += np.diag(np.exp(store.logvar[rows].astype(np.float64)).mean(0))
+    mean = mixture.weights @ mixture.means  # the mixture's own moments, exactly
+    within = np.einsum("k,kij->ij", mixture.weights, mixture.covariances)
+    between = np.einsum("k,ki,kj->ij", mixture.weights, mixture.means - mean, mixture.means - mean)
+    assert np.allclose(mean, codes.mean(0), atol=1e-6)
+    assert np.allclose(within + between, spread, atol=1e-3)
+    draws = mixture.draw(40_000, 1.0, np.random.default_rng(0))
+    sd = np.sqrt(np.diag(spread))
+    assert np.abs(draws.mean(0) - codes.mean(0)).max() < 0.03 * sd.max()
+    assert np.abs(np.cov(draws, rowvar=False) - spread).max() < 0.05 * np.diag(spread).max()
+
+
+def test_a_breeds_samples_centre_on_its_centroid_with_its_spread_scaled_by_temperature(loaded):
+    _, store = loaded
+    breed, rng = 2, np.random.default_rng(0)
+    draws = breed_codes(store, breed, 40_000, 0.5, rng)
+    covariance = store.breed_covariance(breed)
+    scale = np.sqrt(np.diag(covariance)).max()
+    assert np.abs(draws.mean(0) - store.centroids()[breed]).max() < 0.02 * scale
+    assert np.abs(np.cov(draws, rowvar=False) - 0.25 * covariance).max() < 0.02 * scale**2
 
 
 def test_mixture_samples_repeat_with_a_seed_and_the_mixture_is_kept_as_arrays(loaded, tmp_path):
@@ -265,24 +434,34 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-def test_every_command_prints_json(tiny_run, photos, tmp_path, capsys):
+def test_every_command_prints_the_librarys_answer_as_json(
+    loaded, tiny_run, photos, tmp_path, capsys
+):
+    model, store = loaded
     run, data = tiny_run
     mutt = next((data / "mutts").iterdir())
+    knowledge = BreedKnowledge(model, store, run)
+    out = {name: tmp_path / f"{name}.png" for name in ("r", "m", "a")}
     commands = {
-        ("encode", run): {"n_images", "n_val", "encoded"},
-        ("reconstruct", run, photos / "alpha.png", "--out", tmp_path / "r.png"): {"mean_psnr"},
-        ("mix", run, mutt, photos / "webp.jpeg", "--out", tmp_path / "m.png"): {"ends"},
-        ("ancestry", run, mutt, "--out", tmp_path / "a.png"): {"parents", "novelty"},
-        ("ancestry", run, "--eval-mutts", data): {"ancestry", "nearest_centroid"},
-        ("identify", run, mutt, "--top", "2"): {"breed", "top", "novelty", "probe"},
-        ("identify", run, "--eval"): {"knn", "logistic", "chosen"},
-        ("clusters", run, "--no-map"): {"kmeans", "gaussian_mixture"},
-        ("sample", run, "--n", "4", "--out", tmp_path / "s.png"): {"source", "picture"},
+        ("encode", run): {"path": str(run / STORE_FILE), **store.summary(), "encoded": False},
+        ("reconstruct", run, photos / "alpha.png", "--out", out["r"]): reconstruct_photos(
+            model, [photos / "alpha.png"], out["r"]
+        ),
+        ("mix", run, mutt, photos / "webp.jpeg", "--out", out["m"]): mix(
+            model, store, str(mutt), str(photos / "webp.jpeg"), out["m"]
+        ),
+        ("ancestry", run, mutt, "--out", out["a"]): ancestry(model, store, mutt, out=out["a"]),
+        ("ancestry", run, "--eval-mutts", data): evaluate_ancestry(model, store, data),
+        ("identify", run, mutt, "--top", "2"): identify(model, store, mutt, top=2, run=run),
+        ("identify", run, "--eval"): evaluate_identify(knowledge),
+        ("clusters", run, "--no-map"): cluster_latents(store, seed=0),
     }
-    for argv, keys in commands.items():
-        code, out, err = run_cli(capsys, *argv, "--json")
+    for argv, answer in commands.items():
+        code, printed, err = run_cli(capsys, *argv, "--json")
         assert code == 0, (argv, err)
-        assert keys <= set(json.loads(out)), argv
+        assert json.loads(printed) == json.loads(json.dumps(answer)), argv
+    code, printed, err = run_cli(capsys, "sample", run, "--out", tmp_path / "s.png", "--json")
+    assert code == 0 and json.loads(printed)["source"] == "gmm"  # unseeded: new dogs each time
 
 
 def test_commands_print_text_by_default(tiny_run, capsys):
