@@ -35,14 +35,13 @@ def read_metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_preset_sets_its_training_defaults_and_explicit_settings_win():
+def test_the_seed_preset_trains_as_the_keras_original_and_explicit_settings_win():
+    # the original notebook: Adam(lr=1e-4), batch 32, no weight decay, warm-up or clipping
     seed = TrainConfig(data="d", out="o", preset="seed").resolved()
-    assert (seed.weight_decay, seed.warmup_steps, seed.grad_clip) == (0.0, 0, 0.0)  # Keras' Adam
-    assert (seed.batch_size, seed.lr) == (32, 1e-4)
+    assert (seed.weight_decay, seed.warmup_steps, seed.grad_clip) == (0.0, 0, 0.0)
+    assert (seed.batch_size, seed.lr, seed.lr_schedule) == (32, 1e-4, "constant")
     mine = TrainConfig(data="d", out="o", preset="seed", grad_clip=1.0, lr=3e-4).resolved()
     assert (mine.grad_clip, mine.lr, mine.weight_decay) == (1.0, 3e-4, 0.0)
-    small = TrainConfig(data="d", out="o").resolved()
-    assert (small.weight_decay, small.warmup_steps, small.grad_clip) == (1e-4, 100, 5.0)
 
 
 def test_the_seed_preset_keeps_the_keras_constant_learning_rate_and_the_others_decay():
