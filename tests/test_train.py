@@ -20,6 +20,7 @@ from dogvae import checkpoint
 from dogvae.atomic import atomic_path, remove_stale_temporaries, temporary_path, write_json
 from dogvae.cli import main
 from dogvae.errors import CheckpointError
+from dogvae.run import Run
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, TrainingError, train
 
@@ -58,13 +59,11 @@ def test_the_seed_preset_keeps_the_keras_constant_learning_rate_and_the_others_d
 
 
 def test_a_seed_run_saved_before_lr_schedule_resumes_with_the_cosine_it_began_with(monkeypatch):
-    from dogvae import cli
-
     info = {"preset": "seed", "model": {}, "train": {"data": "d", "epochs": 3}}
     monkeypatch.setattr(checkpoint, "last_run_info", lambda run: info)
-    assert cli._saved_run_config("run", {})["train"]["lr_schedule"] == "cosine"
+    assert TrainConfig.from_run("run", {}, {}).lr_schedule == "cosine"
     info["train"]["lr_schedule"] = "constant"
-    assert cli._saved_run_config("run", {})["train"]["lr_schedule"] == "constant"
+    assert TrainConfig.from_run("run", {}, {}).lr_schedule == "constant"
 
 
 FAULTS_SCRIPT = """
@@ -320,9 +319,9 @@ def test_a_plain_folder_of_unlabelled_photos_trains_and_loads(tiny_data, tmp_pat
         (plain / photo.name).write_bytes(photo.read_bytes())
     summary = train(tiny_train_config(plain, tmp_path / "run", epochs=1))
     assert summary["best_epoch"] == 1 and math.isfinite(summary["val"]["elbo"])
-    model = dogvae.load(tmp_path / "run")
-    assert model.breeds == [] and model.info["data"]["layout"] == "plain"
-    assert model.info["data"]["n_images"] == 90
+    assert dogvae.load(tmp_path / "run").breeds == []
+    data = Run.load(tmp_path / "run").data_summary
+    assert data["layout"] == "plain" and data["n_images"] == 90
 
 
 def test_too_few_images_for_validation_is_one_line(tiny_data, tmp_path, capsys):

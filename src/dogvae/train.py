@@ -44,6 +44,7 @@ from dogvae.metrics import active_units, mse_per_image, psnr_per_image, reconstr
 from dogvae.model import PRESETS, BaseVAE, VAEConfig, build_model, preset_config
 from dogvae.pictures import image_grid, pairs_grid, save_png
 from dogvae.precision import cpu_has_native_bf16, cuda_has_native_bf16
+from dogvae.run import Run
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,48 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_settings(
+        cls, settings: dict, flags: dict, *, out, resume: bool = False, strict: bool = False
+    ) -> TrainConfig:
+        """A --config file's `settings` ({"preset", "model", "train"}) under command-line
+        `flags` (None: not given; `MODEL_FIELDS` set the model), for the run folder `out`."""
+        model = dict(settings.get("model", {}))
+        values = {**settings.get("train", {}), "preset": settings.get("preset", "small64")}
+        for name, value in flags.items():
+            if value is not None:
+                (model if name in MODEL_FIELDS else values)[name] = value
+        if values.get("data") is None:
+            raise DogvaeError(
+                f"{out} holds no checkpoint to read the data folder from: pass --data"
+            )
+        values.update(
+            data=str(values["data"]), out=str(out), resume=resume, strict=strict,
+            model_overrides=model,
+        )  # fmt: skip
+        return cls(**values)
+
+    @classmethod
+    def from_run(cls, out, settings: dict, flags: dict, *, strict: bool = False) -> TrainConfig:
+        """What the run in `out` was started with (its latest checkpoint's settings), so that
+        `--resume` goes on with that same run; `settings` (a --config file's) and `flags` win."""
+        saved = Run.latest(out)
+        if saved is not None:  # else `train` says there is nothing to resume
+            train = {k: v for k, v in saved.train.items() if k not in RUN_ONLY_SETTINGS}
+            train.setdefault("lr_schedule", "cosine")  # what runs saved before it trained with
+            settings = {
+                "preset": settings.get("preset", saved.preset),
+                "model": {**saved.model_config.to_dict(), **settings.get("model", {})},
+                "train": {**train, **settings.get("train", {})},
+            }
+        return cls.from_settings(settings, flags, out=out, resume=True, strict=strict)
+
+
+# Flags that set the model, not the training; settings a resumed run does not take from its
+# checkpoint (where it is, how it is watched, what the model section says).
+MODEL_FIELDS = ("image_size", "latent_dim", "beta", "model")
+RUN_ONLY_SETTINGS = ("out", "resume", "progress", "strict", "model_overrides")
 
 
 # A --config file's sections: "tune" is the trial a tune/best.json came from (read by
@@ -916,11 +959,10 @@ def _train(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, on_epoch, in_mem
         if cfg.ema_decay > 0
         else None
     )
-    info = checkpoint.run_info(
-        model_type=model_cfg.model, preset=cfg.preset, model_config=model_cfg, train_config=cfg.to_dict(),
-        breeds=images.breeds, data=images.summary(),
-    )  # fmt: skip
-    info["runtime"] = runtime_facts(rt)
+    info = Run.create(
+        run, model_config=model_cfg, train_config=cfg, images=images, val_indices=val_idx,
+        runtime=runtime_facts(rt), save=rt.main,
+    ).info()  # fmt: skip
 
     start_epoch, skip_batches, best_elbo, history = 0, 0, math.inf, {}
     resumed_sums, resumed_seconds = torch.zeros(4, dtype=torch.float64), 0.0
