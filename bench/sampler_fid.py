@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dogvae import checkpoint
 from dogvae.latents import load_dataset, open_store, to_batch
 from dogvae.metrics import frechet_distance
+from dogvae.run import Run
 from dogvae.tasks.sample import SOURCES, classifier_features, draw_dogs, latent_mixture
 
 SEED = 0
@@ -32,9 +32,10 @@ SEED = 0
 
 @torch.no_grad()
 def measure(run: Path, data: Path | None, temperatures: list[float]) -> dict:
-    model = checkpoint.load(run)
-    store = open_store(model, run, data, progress=False)
-    images = load_dataset(model, data or store.data, progress=False)
+    facts = Run.load(run)
+    model = facts.load_model()
+    store = open_store(model, facts, data, progress=False)
+    images = load_dataset(model, data or store.data, progress=False, run=facts)
     index = {str(image_id): i for i, image_id in enumerate(images.ids)}
 
     def photos(rows: np.ndarray) -> torch.Tensor:

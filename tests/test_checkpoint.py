@@ -25,6 +25,7 @@ from dogvae import checkpoint
 from dogvae.atomic import CRASH_ENV
 from dogvae.cli import main
 from dogvae.errors import CheckpointError
+from dogvae.run import Run
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
 
@@ -114,8 +115,7 @@ def test_a_kill_at_every_write_step_resumes_to_the_uninterrupted_weights(
     for step, run in runs.items():
         # a killed run still loads: the first epoch's generation, or the second's when the
         # kill came after the second was made current
-        model = dogvae.load(run)
-        assert model.info["epoch"] in (1, 2), step
+        assert Run.load(run).epoch in (1, 2), step
         train(TrainConfig(**config(small_data, run, resume=True)))
         assert_same_weights(uninterrupted / "last.safetensors", run / "last.safetensors")
         assert_same_weights(uninterrupted / "model.safetensors", run / "model.safetensors")
@@ -133,11 +133,11 @@ def test_a_run_saved_before_generations_resumes_and_moves_into_them(small_data, 
         (run / name).write_bytes(data)
     (run / checkpoint.CURRENT).unlink()
     old_best = (run / "model.safetensors").read_bytes()
-    assert dogvae.load(run).info["epoch"] == 1
+    assert Run.load(run).epoch == 1
     train(TrainConfig(**config(small_data, run, resume=True)))
     assert (run / "model.safetensors").is_symlink()
-    assert checkpoint.load(run).info["epoch"] in (1, 2)
-    if checkpoint.load(run).info["epoch"] == 1:
+    assert Run.load(run).epoch in (1, 2)
+    if Run.load(run).epoch == 1:
         assert (run / "model.safetensors").read_bytes() == old_best
     assert leftovers(run) == []
 
@@ -243,7 +243,7 @@ def test_a_damaged_training_state_or_last_weights_is_one_line_on_resume(
     run = damaged_copy(one_epoch, tmp_path, name, damage)
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
     assert_one_line(capsys, name)
-    assert dogvae.load(run).info["epoch"] == 1  # the best model does not need them
+    assert Run.load(run).epoch == 1  # the best model does not need them
 
 
 @pytest.mark.parametrize(
@@ -277,7 +277,7 @@ def test_resume_saves_a_missing_or_damaged_best_model_again(
     assert "--epochs 2" in assert_one_line(capsys, "model.safetensors")
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
     assert "saves the best model again" in capsys.readouterr().err
-    assert dogvae.load(run).info["epoch"] == 2  # whether or not epoch 2 validated better
+    assert Run.load(run).epoch == 2  # whether or not epoch 2 validated better
 
 
 def test_a_run_folder_that_cannot_be_written_is_one_line(small_data, tmp_path, monkeypatch, capsys):

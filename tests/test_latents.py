@@ -26,6 +26,7 @@ from dogvae.latents import (
     whitening_matrix,
 )
 from dogvae.model import VAEConfig, build_model
+from dogvae.run import Run
 from dogvae.synth import synthesize
 
 TINY = VAEConfig(**TINY_MODEL)
@@ -54,7 +55,7 @@ def save_untrained_run(run, data, seed: int):
 
 def test_store_holds_every_labelled_image_with_the_runs_validation_split(synth_data, tmp_path):
     model = save_untrained_run(tmp_path / "run", synth_data, seed=0)
-    store = encode_dataset(model, synth_data, progress=False)
+    store = encode_dataset(model, synth_data, progress=False, run=Run.load(tmp_path / "run"))
     assert store.mu.shape == store.logvar.shape == (36, 8)
     assert store.recon_mse.shape == (36,) and (store.recon_mse > 0).all()
     assert len(set(store.ids)) == 36
@@ -119,7 +120,7 @@ def test_store_is_reused_then_rebuilt_when_the_checkpoint_changes(synth_data, tm
     retrained = save_untrained_run(run, synth_data, seed=1)  # new weights in the same run
     rebuilt = open_store(retrained, run, progress=False)
     assert rebuilt.encoded and not np.allclose(rebuilt.mu, first.mu)
-    assert rebuilt.weights_sha256 == retrained.info["weights"]["sha256"]
+    assert rebuilt.weights_sha256 == Run.load(run).weights_sha256
 
 
 def test_store_is_rebuilt_when_the_images_change(synth_data, tmp_path):

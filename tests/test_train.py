@@ -20,6 +20,7 @@ from dogvae.atomic import atomic_path, remove_stale_temporaries, temporary_path,
 from dogvae.callbacks import Callback
 from dogvae.cli import main
 from dogvae.errors import CheckpointError, TrainingError
+from dogvae.run import Run
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
 
@@ -57,13 +58,11 @@ def test_the_seed_preset_keeps_the_keras_constant_learning_rate_and_the_others_d
 
 
 def test_a_seed_run_saved_before_lr_schedule_resumes_with_the_cosine_it_began_with(monkeypatch):
-    from dogvae import cli
-
     info = {"preset": "seed", "model": {}, "train": {"data": "d", "epochs": 3}}
     monkeypatch.setattr(checkpoint, "last_run_info", lambda run: info)
-    assert cli._saved_run_config("run", {})["train"]["lr_schedule"] == "cosine"
+    assert TrainConfig.from_run("run", {}, {}).lr_schedule == "cosine"
     info["train"]["lr_schedule"] = "constant"
-    assert cli._saved_run_config("run", {})["train"]["lr_schedule"] == "constant"
+    assert TrainConfig.from_run("run", {}, {}).lr_schedule == "constant"
 
 
 FAULTS_SCRIPT = """
@@ -318,9 +317,9 @@ def test_a_plain_folder_of_unlabelled_photos_trains_and_loads(tiny_data, tmp_pat
         (plain / photo.name).write_bytes(photo.read_bytes())
     summary = train(tiny_train_config(plain, tmp_path / "run", epochs=1))
     assert summary["best_epoch"] == 1 and math.isfinite(summary["val"]["elbo"])
-    model = dogvae.load(tmp_path / "run")
-    assert model.breeds == [] and model.info["data"]["layout"] == "plain"
-    assert model.info["data"]["n_images"] == 90
+    assert dogvae.load(tmp_path / "run").breeds == []
+    data = Run.load(tmp_path / "run").data_summary
+    assert data["layout"] == "plain" and data["n_images"] == 90
 
 
 def test_too_few_images_for_validation_is_one_line(tiny_data, tmp_path, capsys):
@@ -556,5 +555,5 @@ def test_a_callback_that_stops_at_an_epochs_end_leaves_that_epochs_checkpoint(ti
     result = train(tiny_train_config(tiny_data, run), callbacks=[StopAfterTheFirstEpoch()])
     assert result == {"stopped": True, "epoch": 1, "batch_in_epoch": 0,
                       "signal": "one epoch is enough"}  # fmt: skip
-    assert checkpoint.load(run).info["epoch"] == 1
+    assert Run.load(run).epoch == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

@@ -6,6 +6,7 @@ RUN/
   last.safetensors    latest weights, every epoch (and on Ctrl-C)
   state.pt            optimiser, scheduler, epoch, RNG state, sha256 of last.safetensors;
                       plain tensors and numbers, loaded with torch.load(weights_only=True)
+  split.json          the validation rows, written once when training starts (`dogvae.run`)
   metrics.jsonl       one line per epoch; metrics.json the final summary; images/; tb/
   checkpoints/NNNNNN/ the four files above, one generation per save
   current             symlink to the newest complete generation
@@ -255,7 +256,7 @@ def _read_state(path: Path) -> dict:
     return state
 
 
-def _require(path: Path, what: str) -> Path:
+def require(path: Path, what: str) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path} is missing: {what}")
     return path
@@ -263,29 +264,39 @@ def _require(path: Path, what: str) -> Path:
 
 def read_config(run: str | Path) -> dict:
     """The run's config.json (from its current generation)."""
-    return _read_config_in(_existing_run(run))
+    folder = existing_run(run)
+    path = require(
+        folder / CONFIG, "this folder holds no trained dogvae model (run `dogvae train`)"
+    )
+    info = read_json_object(path)
+    check_format(info, path)
+    return info
 
 
-def _existing_run(run: str | Path) -> Path:
+def existing_run(run: str | Path) -> Path:
     """`checkpoint_folder(run)`, or an error when there is no such folder."""
     if not Path(run).is_dir():
         raise CheckpointError(f"{run}: no such run folder")
     return checkpoint_folder(run)
 
 
-def _read_config_in(folder: Path) -> dict:
-    path = _require(
-        folder / CONFIG, "this folder holds no trained dogvae model (run `dogvae train`)"
-    )
+def read_json_object(path: Path) -> dict:
+    """A JSON object from `path`; anything else is refused in one line that names the file."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # not UTF-8, or not JSON
         raise CheckpointError(f"{path} is not valid JSON ({exc}){DAMAGED}") from exc
     if not isinstance(info, dict):
         raise CheckpointError(f"{path} must hold a JSON object, not {type(info).__name__}")
-    if info.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown format {info.get('format')!r}, expected {FORMAT}")
     return info
+
+
+def check_format(info: dict, path: Path) -> None:
+    if info.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: unknown format {info.get('format')!r}, expected {FORMAT}; it was written "
+            "by another version of dogvae: load it there and `save_pretrained` the model"
+        )
 
 
 def load_weights(model: BaseVAE, path: Path) -> None:
@@ -315,15 +326,19 @@ def load_weights(model: BaseVAE, path: Path) -> None:
     model.load_state_dict(tensors)
 
 
-def model_from_info(info: dict) -> BaseVAE:
+def model_config_from(saved: dict | None) -> VAEConfig:
+    """A saved model config; runs saved before `classifier_activation` existed gave their
+    classifier `activation`."""
     try:
-        saved = dict(info["model"])
-        # runs saved before classifier_activation existed gave their classifier `activation`
-        saved.setdefault("classifier_activation", saved.get("activation", VAEConfig.activation))
-        config = VAEConfig.from_dict(saved)
+        values = dict(saved)
+        values.setdefault("classifier_activation", values.get("activation", VAEConfig.activation))
+        return VAEConfig.from_dict(values)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the run's model config is unusable: {exc}") from exc
-    return build_model(config)
+
+
+def model_from_info(info: dict) -> BaseVAE:
+    return build_model(model_config_from(info.get("model")))
 
 
 def pick_device(device: str | torch.device = "cpu") -> torch.device:
@@ -338,28 +353,28 @@ def pick_device(device: str | torch.device = "cpu") -> torch.device:
 
 
 def load(run: str | Path, device: str | torch.device = "cpu") -> BaseVAE:
-    """A trained model, in eval mode, with `.breeds` (index -> name) and `.info` (config.json),
-    on `device` ("cpu", "cuda", "cuda:1", or "auto": the GPU when there is one). A run
-    trained on a GPU loads on a CPU and the other way round: the weights are saved from the CPU.
-
-    Refuses a run whose weights are missing, do not match the hash in config.json, or do not
-    fit the model config, and says which.
+    """A trained model, in eval mode, with `.breeds` (index -> name) and `.crop`, on `device`
+    ("cpu", "cuda", "cuda:1", or "auto": the GPU when there is one): `Run.load(run)`'s
+    `load_model`. A run trained on a GPU loads on a CPU and the other way round: the weights
+    are saved from the CPU. The run's settings are `dogvae.run.Run.load(run)`'s.
     """
-    folder = _existing_run(run)  # resolved once: a save in progress cannot mix generations
-    info = _read_config_in(folder)
-    weights = _require(folder / BEST_WEIGHTS, "the run has no saved weights yet")
-    expected = info.get("weights", {}).get("sha256")
+    from dogvae.run import Run  # a Run is read with this module's functions
+
+    return Run.load(run).load_model(device)
+
+
+def verified_weights(folder: Path, expected_sha256: str | None) -> Path:
+    """`folder`'s model.safetensors, refused when missing or not the file whose sha256
+    config.json records."""
+    weights = require(folder / BEST_WEIGHTS, "the run has no saved weights yet")
     actual = sha256_file(weights)
-    if expected != actual:
+    if expected_sha256 != actual:
         raise CheckpointError(
             f"{weights} does not match the sha256 recorded in {folder / CONFIG} "
-            f"({actual[:12]}... vs {str(expected)[:12]}...): the file was changed or replaced"
+            f"({actual[:12]}... vs {str(expected_sha256)[:12]}...): the file was changed or "
+            "replaced"
         )
-    model = model_from_info(info)
-    load_weights(model, weights)
-    model.breeds = list(info.get("breeds", []))
-    model.info = info
-    return model.to(pick_device(device)).eval()
+    return weights
 
 
 def best_fault(run: str | Path) -> str | None:
@@ -375,8 +390,8 @@ def best_fault(run: str | Path) -> str | None:
 def load_last(run: Path, model: BaseVAE) -> dict:
     """Restore the latest weights into `model` and return the training state to resume from."""
     folder = checkpoint_folder(run)
-    state_path = _require(folder / STATE, "nothing to resume: no training state saved in this run")
-    weights = _require(folder / LAST_WEIGHTS, "nothing to resume: no last weights in this run")
+    state_path = require(folder / STATE, "nothing to resume: no training state saved in this run")
+    weights = require(folder / LAST_WEIGHTS, "nothing to resume: no last weights in this run")
     state = _read_state(state_path)
     if state.get("weights_sha256") != sha256_file(weights):
         raise CheckpointError(f"{weights} does not match {state_path}: cannot resume safely")

@@ -57,57 +57,23 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-RUN_ONLY_SETTINGS = ("out", "resume", "progress", "strict", "model_overrides")
-
-
-def _saved_run_config(run: Path, file_cfg: dict) -> dict:
-    """What the run in `run` was started with, read from its latest checkpoint, so that
-    `--resume` continues that same run; a --config file and command-line flags still win."""
-    from dogvae.checkpoint import last_run_info
-
-    info = last_run_info(run)
-    if info is None:
-        return file_cfg  # train() says there is nothing to resume
-    train_values = {k: v for k, v in info["train"].items() if k not in RUN_ONLY_SETTINGS}
-    train_values.setdefault("lr_schedule", "cosine")  # what runs saved before it trained with
-    return {
-        "preset": file_cfg.get("preset", info["preset"]),
-        "model": {**info["model"], **file_cfg.get("model", {})},
-        "train": {**train_values, **file_cfg.get("train", {})},
-    }
+TRAIN_FLAGS = (
+    "data", "preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop",
+    "label_fraction", "classifier_epochs", "compile", "deterministic",
+    "image_size", "latent_dim", "beta", "model",
+)  # fmt: skip
 
 
 def _train_config(args):
     from dogvae.train import TrainConfig, read_settings_file
 
-    file_cfg = read_settings_file(args.config) if args.config else {}
+    settings = read_settings_file(args.config) if args.config else {}
+    flags = {name: getattr(args, name) for name in TRAIN_FLAGS}
     if args.resume:
-        file_cfg = _saved_run_config(args.out, file_cfg)
-    elif args.data is None:
+        return TrainConfig.from_run(args.out, settings, flags, strict=args.strict)
+    if args.data is None:
         raise DogvaeError("train needs --data DIR (only --resume reads it from the run)")
-    overrides = dict(file_cfg.get("model", {}))
-    for name in ("image_size", "latent_dim", "beta", "model"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    values = {**file_cfg.get("train", {}), "preset": file_cfg.get("preset", "small64")}
-    for name in (
-        "preset", "epochs", "batch_size", "lr", "device", "precision", "seed", "crop",
-        "label_fraction", "classifier_epochs", "compile", "deterministic",
-    ):  # fmt: skip
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    if args.data is None and "data" not in values:
-        raise DogvaeError(
-            f"{args.out} holds no checkpoint to read the data folder from: pass --data"
-        )
-    values.update(
-        data=str(args.data or values["data"]),
-        out=str(args.out),
-        resume=args.resume,
-        strict=args.strict,
-        model_overrides=overrides,
-    )
-    return TrainConfig(**values)
+    return TrainConfig.from_settings(settings, flags, out=args.out, strict=args.strict)
 
 
 def cmd_train(args) -> int:

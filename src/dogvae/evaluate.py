@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dogvae import checkpoint
 from dogvae.atomic import atomic_path, write_json
 from dogvae.data.loader import CachedImages, make_loader
 from dogvae.errors import DataError, DogvaeError
-from dogvae.latents import LatentStore, load_dataset, open_store, to_batch, validation_mask
+from dogvae.latents import LatentStore, load_dataset, open_store, to_batch
 from dogvae.metrics import (
     as_flat_float,
     baseline_reconstructions,
@@ -44,6 +43,7 @@ from dogvae.metrics import (
 )
 from dogvae.model import BaseVAE
 from dogvae.pictures import image_grid, pairs_grid, save_png
+from dogvae.run import Run
 from dogvae.runtime import Runtime, noise_rows
 from dogvae.tasks.clusters import cluster_latents
 from dogvae.tasks.identify import evaluate_identify
@@ -87,12 +87,12 @@ def evaluate_run(
     if split not in SPLITS:
         raise DogvaeError(f"unknown split {split!r}; choose {' or '.join(SPLITS)}")
     started = time.perf_counter()
-    run = Path(run)
-    model = checkpoint.load(run)
-    data = data_folder(model, data)
-    images = load_dataset(model, data, progress)
-    train_rows, rows = split_rows(model, images, split, data)
-    store = open_store(model, run, data, progress=progress)
+    facts = Run.load(run)
+    run, model = facts.folder, facts.load_model()
+    data = data_folder(facts, data)
+    images = load_dataset(model, data, progress, facts)
+    train_rows, rows = split_rows(facts, images, split, data)
+    store = open_store(model, facts, data, progress=progress)
     out = eval_dir(run)
     pca = pixel_pca(images.images[train_rows], model.config.latent_dim)
     pixel_store = pixel_feature_store(pca, images, store)
@@ -105,8 +105,8 @@ def evaluate_run(
         "data": str(data),
         "split": split,
         "n_images": len(rows),
-        "model": model_summary(model),
-        "training": training_summary(run, model),
+        "model": model_summary(model, facts),
+        "training": training_summary(facts),
         **likelihood_figures(model, images, rows),
         "identification": identification,
         "clustering": clustering_figures(store, pixel_store, out),
@@ -131,20 +131,20 @@ def evaluate_run(
     return metrics
 
 
-def data_folder(model: BaseVAE, data: str | Path | None) -> Path:
+def data_folder(run: Run, data: str | Path | None) -> Path:
     """`data`, or the folder the run was trained on; it must exist."""
-    folder = Path(data) if data is not None else Path(model.info.get("train", {}).get("data", ""))
-    if not str(folder) or str(folder) == ".":
+    folder = Path(data) if data is not None else run.data
+    if folder is None or str(folder) in ("", "."):
         raise DataError("the run does not record its data folder: pass --data")
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
     return folder
 
 
-def split_rows(model: BaseVAE, images, split: str, data: Path) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(run: Run, images, split: str, data: Path) -> tuple[np.ndarray, np.ndarray]:
     """The rows the baselines fit on (the run's training split, unlabelled images included)
     and the rows scored (`split`)."""
-    is_val = validation_mask(model, np.asarray(images.labels, np.int64))
+    is_val = run.validation_mask(images)
     train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     rows = val_rows if split == "val" else train_rows
     if len(rows) == 0:
@@ -152,11 +152,10 @@ def split_rows(model: BaseVAE, images, split: str, data: Path) -> tuple[np.ndarr
     return train_rows, rows
 
 
-def model_summary(model: BaseVAE) -> dict:
-    info = model.info
+def model_summary(model: BaseVAE, run: Run) -> dict:
     return {
-        "type": info.get("model_type", "vae"),
-        "preset": info.get("preset"),
+        "type": model.config.model,
+        "preset": run.preset,
         "image_size": model.config.image_size,
         "latent_dim": model.config.latent_dim,
         "likelihood": model.config.likelihood,
@@ -179,11 +178,11 @@ def read_curves(run: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def training_summary(run: Path, model: BaseVAE) -> dict:
-    curves = read_curves(run)
+def training_summary(run: Run) -> dict:
+    curves = read_curves(run.folder)
     return {
         "epochs": len(curves),
-        "best_epoch": model.info.get("epoch"),
+        "best_epoch": run.epoch,
         "minutes": sum(r.get("seconds", 0.0) for r in curves) / 60,
     }
 

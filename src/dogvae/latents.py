@@ -38,6 +38,7 @@ from dogvae.metrics import mse_per_image
 from dogvae.model import BaseVAE
 from dogvae.precision import inference_autocast
 from dogvae.progress import progress_bar
+from dogvae.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +259,11 @@ def whitening_matrix(covariance: np.ndarray) -> np.ndarray:
 # --- building the store ------------------------------------------------------------------
 
 
-def weights_fingerprint(model: BaseVAE) -> str:
-    """The sha256 of the run's weights file, or of the tensors for a model never saved."""
-    recorded = getattr(model, "info", {}).get("weights", {}).get("sha256")
-    if recorded:
-        return recorded
+def weights_fingerprint(model: BaseVAE, run: Run | None = None) -> str:
+    """The sha256 of the weights file of `run` (the model's run), or of the tensors for a
+    model that belongs to no run folder."""
+    if run is not None and run.weights_sha256:
+        return run.weights_sha256
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -284,34 +285,18 @@ def data_fingerprint(images, crop: str) -> str:
     return digest.hexdigest()
 
 
-def _run_setting(model: BaseVAE, name: str, default):
-    value = getattr(model, "info", {}).get("train", {}).get(name)
-    return default if value is None else value
-
-
-def load_dataset(model: BaseVAE, data_dir: str | Path, progress: bool = True):
-    """The data set decoded as the run saw it (its image size, crop and cache folder)."""
+def load_dataset(model: BaseVAE, data_dir: str | Path, progress: bool = True, run=None):
+    """The data set decoded as `run` (the model's run, if any) saw it: the model's image size
+    and crop, the run's cache folder."""
     from dogvae.data.cache import load_images
 
     return load_images(
         data_dir,
         model.config.image_size,
-        crop=_run_setting(model, "crop", "center"),
-        cache_dir=_run_setting(model, "cache_dir", None),
+        crop=model.crop,
+        cache_dir=run.cache_dir if run is not None else None,
         progress=progress,
     )
-
-
-def validation_mask(model: BaseVAE, labels: np.ndarray) -> np.ndarray:
-    """The run's own validation rows: the split `train` made, from its fraction and seed."""
-    from dogvae.data.split import stratified_split
-
-    _, val_idx = stratified_split(
-        labels, _run_setting(model, "val_fraction", 0.1), _run_setting(model, "seed", 0)
-    )
-    mask = np.zeros(len(labels), bool)
-    mask[np.asarray(val_idx, np.int64)] = True
-    return mask
 
 
 def to_batch(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -420,12 +405,14 @@ def png_bits(images: np.ndarray) -> np.ndarray:
 
 
 def encode_dataset(
-    model: BaseVAE, data_dir: str | Path, progress: bool = True, images=None
+    model: BaseVAE, data_dir: str | Path, progress: bool = True, images=None, run=None
 ) -> LatentStore:
-    """Encode every labelled image of `data_dir` once (posterior mean, never a sample)."""
-    images = images if images is not None else load_dataset(model, data_dir, progress)
+    """Encode every labelled image of `data_dir` once (posterior mean, never a sample), with
+    the validation rows of `run` (the model's run; None: a model of no run folder)."""
+    run = run if run is not None else Run.for_model(model)
+    images = images if images is not None else load_dataset(model, data_dir, progress, run)
     labels = np.asarray(images.labels, np.int64)
-    is_val = validation_mask(model, labels)
+    is_val = run.validation_mask(images)
     labelled = np.flatnonzero(labels >= 0)
     if len(labelled) == 0:
         raise DataError(f"{data_dir} holds no labelled images to encode")
@@ -441,8 +428,8 @@ def encode_dataset(
         code_gap=encoded.code_gap,
         class_log_probs=encoded.class_log_probs,
         breeds=list(images.breeds),
-        weights_sha256=weights_fingerprint(model),
-        data_key=data_fingerprint(images, _run_setting(model, "crop", "center")),
+        weights_sha256=weights_fingerprint(model, run),
+        data_key=data_fingerprint(images, model.crop),
         data=str(data_dir),
         encoded=True,
     )
@@ -450,29 +437,37 @@ def encode_dataset(
 
 def open_store(
     model: BaseVAE,
-    run: str | Path,
+    run: str | Path | Run,
     data_dir: str | Path | None = None,
     *,
     rebuild: bool = False,
     progress: bool = True,
 ) -> LatentStore:
-    """The run's latent store, encoded now if missing or made by other weights or data.
+    """The latent store of `model` and its run (a Run, or the folder `model` was loaded
+    from), kept in the run folder and encoded now if missing or made by other weights or data.
 
     `data_dir` defaults to the data the run was trained on. When that folder is gone, a store
-    made by these same weights is used as it is (it cannot be checked against the images).
+    made by these same weights is used as it is (it cannot be checked against the images). A
+    folder that holds no run only keeps the store: the model is then taken as a run of its own
+    (default split, fingerprinted by its tensors).
     """
-    path = Path(run) / STORE_FILE
-    data_dir = Path(data_dir or _run_setting(model, "data", ""))
+    folder = run.folder if isinstance(run, Run) else Path(run)
+    run = run if isinstance(run, Run) else Run.find(folder) or Run.for_model(model)
+    path = folder / STORE_FILE
+    data_dir = Path(data_dir or run.data or "")
     if not str(data_dir) or not data_dir.is_dir():
-        return _store_without_data(model, path, data_dir)
-    images = load_dataset(model, data_dir, progress)
-    data_key = data_fingerprint(images, _run_setting(model, "crop", "center"))
+        return _store_without_data(model, run, path, data_dir)
+    images = load_dataset(model, data_dir, progress, run)
+    data_key = data_fingerprint(images, model.crop)
     if path.exists() and not rebuild:
         with contextlib.suppress(DogvaeError):  # an older or damaged store is rebuilt
             store = LatentStore.load(path)
-            if (store.weights_sha256, store.data_key) == (weights_fingerprint(model), data_key):
+            if (store.weights_sha256, store.data_key) == (
+                weights_fingerprint(model, run),
+                data_key,
+            ):
                 return store
-    store = encode_dataset(model, data_dir, progress=progress, images=images)
+    store = encode_dataset(model, data_dir, progress=progress, images=images, run=run)
     try:
         store.save(path)
     except OSError as exc:  # a read-only run folder: answer from memory this time
@@ -480,12 +475,12 @@ def open_store(
     return store
 
 
-def _store_without_data(model: BaseVAE, path: Path, data_dir: Path) -> LatentStore:
+def _store_without_data(model: BaseVAE, run: Run, path: Path, data_dir: Path) -> LatentStore:
     where = f"the data folder {data_dir}" if str(data_dir) else "no data folder"
     if not path.exists():
         raise DataError(f"{where} cannot be read and {path} does not exist: pass --data")
     store = LatentStore.load(path)
-    if store.weights_sha256 != weights_fingerprint(model):
+    if store.weights_sha256 != weights_fingerprint(model, run):
         raise DataError(
             f"{path} was made by other weights and {where} cannot be read to rebuild it: "
             "pass --data"

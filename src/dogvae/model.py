@@ -594,8 +594,10 @@ class ConvVAE(BaseVAE):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        self.breeds: list[str] = []  # index -> breed name, filled by training or `load`
-        self.info: dict = {}  # the run's config.json once loaded
+        # what the weights mean and how their photos are cut (set when loaded); the
+        # run's settings are its `dogvae.run.Run`'s
+        self.breeds: list[str] = []  # index -> breed name
+        self.crop: str = "center"  # "center" or "squash", as its training images were
         conditions = config.breed_embed_dim if self.conditional else 0
         self.encoder = Encoder(config, conditions)
         self.decoder = Decoder(config, conditions)

@@ -18,9 +18,9 @@ from dogvae import checkpoint
 from dogvae.atomic import atomic_path, write_json
 from dogvae.errors import CheckpointError
 from dogvae.model import BaseVAE
-from dogvae.tasks.inputs import run_crop
+from dogvae.run import PRETRAINED_FORMAT as FORMAT
+from dogvae.run import Run
 
-FORMAT = "dogvae-pretrained/1"
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 
 
@@ -33,7 +33,7 @@ def save_pretrained(model: BaseVAE, folder: str | Path) -> Path:
         "model_type": model.config.model,
         "model": model.config.to_dict(),
         "breeds": list(model.breeds),
-        "crop": run_crop(model),
+        "crop": model.crop,
         "versions": checkpoint.library_versions(),
     }
     with atomic_path(folder / WEIGHTS) as tmp:
@@ -57,36 +57,24 @@ def from_pretrained(
         folder = Path(source)
     else:
         folder = hub_snapshot(str(source), revision, cache_dir, local_files_only)
+    return load_folder(folder).load_model(device)
+
+
+def load_folder(folder: Path) -> Run:
+    """The Run of a `save_pretrained` folder or a run folder; any other folder is refused."""
     config = _read_config(folder)
-    if config.get("format") == checkpoint.FORMAT:
-        return checkpoint.load(folder, device)
-    if config.get("format") != FORMAT:
+    if config.get("format") not in (checkpoint.FORMAT, FORMAT):
         raise CheckpointError(
             f"{folder / CONFIG}: not a dogvae model (format {config.get('format')!r})"
         )
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing")
-    if checkpoint.sha256_file(weights) != config.get("weights", {}).get("sha256"):
-        raise CheckpointError(f"{weights} does not match the sha256 recorded in {folder / CONFIG}")
-    model = checkpoint.model_from_info(config)
-    checkpoint.load_weights(model, weights)
-    model.breeds = list(config.get("breeds", []))
-    model.info = {"format": FORMAT, "train": {"crop": config.get("crop", "center")}}
-    return model.to(checkpoint.pick_device(device)).eval()
+    return Run.load(folder)
 
 
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG}, so not a dogvae model or run folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return config
+    return checkpoint.read_json_object(path)
 
 
 def hub_snapshot(
@@ -114,29 +102,29 @@ def hub_snapshot(
 
 def export_run(run: str | Path, folder: str | Path) -> Path:
     """The run's best model as a `save_pretrained` folder with a model card (README.md)."""
-    model = checkpoint.load(run)
+    run = Run.load(run)
+    model = run.load_model()
     save_pretrained(model, folder)
     with atomic_path(Path(folder) / CARD) as tmp:
-        tmp.write_text(model_card(model, Path(run)), encoding="utf-8")
+        tmp.write_text(model_card(model, run), encoding="utf-8")
     return Path(folder)
 
 
-def model_card(model: BaseVAE, run: Path) -> str:
+def model_card(model: BaseVAE, run: Run) -> str:
     """What the model is, what it was trained on, how well it did, and what it is for."""
-    info, cfg = model.info, model.config
-    data = info.get("data", {})
-    metrics = _json_or_empty(run / "metrics.json")
+    cfg, data = model.config, run.data_summary
+    metrics = _json_or_empty(run.folder / "metrics.json")
     val = metrics.get("val", {})
-    evaluated = _json_or_empty(run / "eval" / "metrics.json").get("identification") or {}
+    evaluated = _json_or_empty(run.folder / "eval" / "metrics.json").get("identification") or {}
     lines = [
-        f"# dogvae {cfg.model} ({info.get('preset')}, {cfg.image_size} px, latent {cfg.latent_dim})",
+        f"# dogvae {cfg.model} ({run.preset}, {cfg.image_size} px, latent {cfg.latent_dim})",
         "",
         "A variational autoencoder of dog photos made with dogvae; load it with",
         "`dogvae.from_pretrained(folder)`.",
         "",
         "## Data",
         f"{data.get('n_images', '?')} images of {len(model.breeds)} breeds "
-        f"({data.get('layout', '?')} layout, {info.get('train', {}).get('crop', 'center')} crop).",
+        f"({data.get('layout', '?')} layout, {run.crop} crop).",
         "",
         "## Measured (validation split)",
     ]

@@ -20,6 +20,7 @@ from dogvae.callbacks import Callback, EpochFunction, default_callbacks
 from dogvae.errors import DogvaeError
 from dogvae.model import PRESETS, VAEConfig, preset_config
 from dogvae.recipes import TRAINING_RECIPES
+from dogvae.run import Run
 from dogvae.runtime import deterministic_algorithms, setup_runtime
 from dogvae.trainer import Trainer, setup
 
@@ -125,6 +126,48 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_settings(
+        cls, settings: dict, flags: dict, *, out, resume: bool = False, strict: bool = False
+    ) -> TrainConfig:
+        """A --config file's `settings` ({"preset", "model", "train"}) under command-line
+        `flags` (None: not given; `MODEL_FIELDS` set the model), for the run folder `out`."""
+        model = dict(settings.get("model", {}))
+        values = {**settings.get("train", {}), "preset": settings.get("preset", "small64")}
+        for name, value in flags.items():
+            if value is not None:
+                (model if name in MODEL_FIELDS else values)[name] = value
+        if values.get("data") is None:
+            raise DogvaeError(
+                f"{out} holds no checkpoint to read the data folder from: pass --data"
+            )
+        values.update(
+            data=str(values["data"]), out=str(out), resume=resume, strict=strict,
+            model_overrides=model,
+        )  # fmt: skip
+        return cls(**values)
+
+    @classmethod
+    def from_run(cls, out, settings: dict, flags: dict, *, strict: bool = False) -> TrainConfig:
+        """What the run in `out` was started with (its latest checkpoint's settings), so that
+        `--resume` goes on with that same run; `settings` (a --config file's) and `flags` win."""
+        saved = Run.latest(out)
+        if saved is not None:  # else `train` says there is nothing to resume
+            train = {k: v for k, v in saved.train.items() if k not in RUN_ONLY_SETTINGS}
+            train.setdefault("lr_schedule", "cosine")  # what runs saved before it trained with
+            settings = {
+                "preset": settings.get("preset", saved.preset),
+                "model": {**saved.model_config.to_dict(), **settings.get("model", {})},
+                "train": {**train, **settings.get("train", {})},
+            }
+        return cls.from_settings(settings, flags, out=out, resume=True, strict=strict)
+
+
+# Flags that set the model, not the training; settings a resumed run does not take from its
+# checkpoint (where it is, how it is watched, what the model section says).
+MODEL_FIELDS = ("image_size", "latent_dim", "beta", "model")
+RUN_ONLY_SETTINGS = ("out", "resume", "progress", "strict", "model_overrides")
 
 
 # A --config file's sections: "tune" is the trial a tune/best.json came from (read by

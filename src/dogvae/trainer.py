@@ -41,6 +41,7 @@ from dogvae.optim import (
     make_optimizer,
     step_kl_weight,
 )
+from dogvae.run import Run
 from dogvae.runtime import (
     Runtime,
     autocast,
@@ -226,11 +227,10 @@ def setup(
         memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format,
     )
     optimizer, scheduler, ema = _optimisation(cfg, model, rt, len(loaders["train_batches"]))
-    info = checkpoint.run_info(
-        model_type=model_cfg.model, preset=cfg.preset, model_config=model_cfg, train_config=cfg.to_dict(),
-        breeds=images.breeds, data=images.summary(),
-    )  # fmt: skip
-    info["runtime"] = runtime_facts(rt)
+    info = Run.create(
+        run, model_config=model_cfg, train_config=cfg, images=images, val_indices=val_idx,
+        runtime=runtime_facts(rt), save=rt.main,
+    ).info()  # fmt: skip
     state = TrainState()
     if saved is not None:
         state = _restore(saved, optimizer, scheduler, ema, cfg, rt)

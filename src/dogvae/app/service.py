@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dogvae import checkpoint
 from dogvae.data.decode import MAX_PIXELS, load_photo
 from dogvae.errors import DogvaeError
 from dogvae.latents import (
@@ -47,9 +46,10 @@ from dogvae.latents import (
 )
 from dogvae.model import count_parameters
 from dogvae.pictures import to_uint8
+from dogvae.run import Run
 from dogvae.tasks.ancestry import answer_ancestry, mixture_picture
 from dogvae.tasks.identify import answer_identify, breed_pictures
-from dogvae.tasks.inputs import find_breed, run_crop
+from dogvae.tasks.inputs import find_breed
 from dogvae.tasks.knowledge import BreedKnowledge
 from dogvae.tasks.mixing import (
     METHODS,
@@ -184,7 +184,7 @@ def finite(value):
 
 class ServedRun:
     """A trained run ready to answer the page's questions; build it once per process. The
-    model runs on `device` (see `dogvae.checkpoint.load`); everything else stays in numpy."""
+    model runs on `device` (see `dogvae.run.Run.load_model`); everything else stays in numpy."""
 
     def __init__(
         self,
@@ -198,9 +198,10 @@ class ServedRun:
     ):
         self.run = Path(run)
         self.decode_budget = PixelBudget(decode_budget_pixels)
-        self.model = checkpoint.load(self.run, device)
+        self.facts = Run.load(self.run)  # what the run was trained with and on
+        self.model = self.facts.load_model(device)
         self.image_size = self.model.config.image_size
-        self.crop = run_crop(self.model)
+        self.crop = self.model.crop
         self._model_lock = threading.Lock()
         self._photos: OrderedDict[str, Photo] = OrderedDict()
         self._photos_lock = threading.Lock()
@@ -221,7 +222,7 @@ class ServedRun:
     def _open_store(self, data, progress) -> tuple[LatentStore | None, str | None]:
         """The run's latent store (built now if missing), or None and why not."""
         try:  # a read-only run folder keeps the store in memory (`open_store`)
-            return open_store(self.model, self.run, data, progress=progress), None
+            return open_store(self.model, self.facts, data, progress=progress), None
         except (DogvaeError, OSError) as exc:
             return None, (
                 f"breed questions are off: the latent store could not be opened ({exc}). "
@@ -427,23 +428,22 @@ class ServedRun:
     # --- what the page shows about the run --------------------------------------------------
 
     def card(self, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> dict:
-        info = self.model.info
-        store = self.store
+        facts, store = self.facts, self.store
         return finite(
             {
                 "run": str(self.run),
-                "preset": info.get("preset"),
+                "preset": facts.preset,
                 "image_size": self.image_size,
                 "latent_dim": self.latent_dim,
                 "likelihood": self.model.config.likelihood,
                 "parameters": count_parameters(self.model),
                 "crop": self.crop,
                 "breeds": self.breeds,
-                "data": info.get("data", {}),
-                "epoch": info.get("epoch"),
+                "data": facts.data_summary,
+                "epoch": facts.epoch,
                 "metrics": self.metrics,
-                "versions": info.get("versions", {}),
-                "weights_sha256": info.get("weights", {}).get("sha256"),
+                "versions": facts.versions,
+                "weights_sha256": facts.weights_sha256,
                 "store": {
                     "available": store is not None,
                     "message": self.store_problem,

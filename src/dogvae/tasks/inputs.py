@@ -19,15 +19,11 @@ class UnknownBreed(DogvaeError):
     """A breed name the model was not trained on; the message lists the closest names."""
 
 
-def run_crop(model: BaseVAE) -> str:
-    return getattr(model, "info", {}).get("train", {}).get("crop") or "center"
-
-
 def read_photos(model: BaseVAE, paths: list[str | Path]) -> np.ndarray:
     """User photos (any format Pillow reads, any size, EXIF-rotated, alpha on white) ->
     (B, S, S, 3) uint8, cropped and sized as the run's training images were."""
     size = model.config.image_size
-    return np.stack([load_photo(_existing_file(p), size, run_crop(model)) for p in paths])
+    return np.stack([load_photo(_existing_file(p), size, model.crop) for p in paths])
 
 
 def as_tensor(model: BaseVAE, pixels: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,7 @@ from dogvae.latents import (
     whitening_matrix,
 )
 from dogvae.model import BaseVAE
+from dogvae.run import Run
 from dogvae.tasks.novelty import NoveltyScorer
 from dogvae.tasks.probe import (
     BreedProbe,
@@ -237,7 +238,8 @@ class BreedKnowledge:
         if not self.store.data or not Path(self.store.data).is_dir():
             return None
         try:
-            images = load_dataset(self.model, self.store.data, progress=False)
+            run = Run.find(self.run) if self.run is not None else None  # its cache folder
+            images = load_dataset(self.model, self.store.data, progress=False, run=run)
         except (DogvaeError, OSError) as exc:  # a picture is not worth failing an answer for
             log.warning("training photos unavailable (%s): breeds are shown decoded", exc)
             return None

@@ -25,7 +25,6 @@ from dogvae.data.decode import load_photo
 from dogvae.errors import DogvaeError
 from dogvae.latents import Encoded, encode_images
 from dogvae.model import BaseVAE
-from dogvae.tasks.inputs import run_crop
 from dogvae.tasks.novelty import SCORES, NoveltyScorer
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ def drawn_pictures(seed: int = 0) -> list[Picture]:
 
 def prepare(model: BaseVAE, pictures: list[Picture]) -> np.ndarray:
     """(N, S, S, 3) uint8: the pictures cropped and sized like the run's training images."""
-    size, crop = model.config.image_size, run_crop(model)
+    size, crop = model.config.image_size, model.crop
     return np.stack([load_photo(p.data, size, crop, name=p.name) for p in pictures])
 
 
