@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint bench clean chromium
+.PHONY: setup demo test lint bench clean chromium notebook
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/dogvae demo --out demo-out
+
+# Runs examples/original_questions.ipynb top to bottom (a tiny run on the synthetic breeds, or
+# DOGVAE_RUN=RUN; see its first cell) into examples/runs/original_questions.ipynb, pictures included.
+notebook: setup
+	$(BIN)/jupyter execute --output=runs/original_questions examples/original_questions.ipynb
 
 lint: setup
 	$(BIN)/ruff check src tests bench
