@@ -25,6 +25,7 @@ demo: setup
 # Runs examples/original_questions.ipynb top to bottom (a tiny run on the synthetic breeds, or
 # DOGVAE_RUN=RUN; see its first cell) into examples/runs/original_questions.ipynb, pictures included.
 notebook: setup
+	mkdir -p examples/runs
 	$(BIN)/jupyter execute --output=runs/original_questions examples/original_questions.ipynb
 
 lint: setup
