@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint docs bench clean chromium
+.PHONY: setup demo test lint docs bench clean chromium notebook
 
 setup: $(VENV)/.installed
 
@@ -22,9 +22,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/dogvae demo --out demo-out
 
+# Runs examples/original_questions.ipynb top to bottom (a tiny run on the synthetic breeds, or
+# DOGVAE_RUN=RUN; see its first cell) into examples/runs/original_questions.ipynb, pictures included.
+notebook: setup
+	mkdir -p examples/runs
+	$(BIN)/jupyter execute --output=runs/original_questions examples/original_questions.ipynb
+
 lint: setup
-	$(BIN)/ruff check src tests bench docs/scripts
-	$(BIN)/ruff format --check src tests bench docs/scripts
+	$(BIN)/ruff check src tests bench docs/scripts examples
+	$(BIN)/ruff format --check src tests bench docs/scripts examples
 
 # tests/test_app_browser.py drives Debian's Chromium. As root with apt-get (CI), install it when
 # it is missing; elsewhere say so, and the test skips with that reason.
