@@ -27,6 +27,7 @@ from dogvae.evaluate import (
     split_rows,
 )
 from dogvae.metrics import gaussian_window, ssim_per_image
+from dogvae.run import Run
 from dogvae.train import TrainConfig, train
 
 EVAL_BREEDS = 4
@@ -107,7 +108,7 @@ def test_reconstruction_figures_are_the_validation_photos_scored_by_hand(eval_ru
     run, data = eval_run
     model = load(run)
     images = load_images(data, 32, progress=False)
-    train_rows, val_rows = split_rows(model, images, "val", data)
+    train_rows, val_rows = split_rows(Run.load(run), images, "val", data)
     photos = torch.from_numpy(np.array(images.images)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         decoded = model.reconstruct(photos[val_rows])
