@@ -197,23 +197,10 @@ def tune(
     base = dict(base or {})
     space = space or SearchSpace.from_dict(base.pop("search", {}))
     base.pop("search", None)
-    if storage is None and out is None:
-        raise DogvaeError("give --storage (e.g. sqlite:///RUN/tune.db) or --out")
-    if out is None:
-        if not storage.startswith("sqlite:///"):
-            raise DogvaeError("--out is needed when --storage is not a sqlite:/// file")
-        out = Path(storage[len("sqlite:///") :]).parent
-    out = Path(out).resolve()  # trials record their folder; resumes may start elsewhere
-    out.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{out / 'tune.db'}"
+    out, storage = _study_folder(out, storage)
     key, direction, label, unit = METRICS[metric]
 
-    base_train = base.get("train", {})
-    _train_config({"preset": "small64", "model": {}, "train": base_train}, data, out)  # checks keys
-    for size in _comparable(space, base, metric):  # decode once, and fail early on bad data
-        load_images(
-            data, size, crop=base_train.get("crop", "center"), cache_dir=base_train.get("cache_dir")
-        )
+    _check_data(data, base, space, metric, out)
     settings = {
         "data": str(Path(data).resolve()),
         "metric": metric,
@@ -223,6 +210,55 @@ def tune(
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(_storage(storage), study_name, direction, seed, settings)
+
+    objective = _objective(optuna, space, base, epochs, data, out, key, callbacks)
+    after_trial = _after_trial(optuna, out, metric, label, unit)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = len(study.get_trials(deepcopy=False, states=states))
+    if finished < trials:
+        study.optimize(
+            objective, n_trials=trials - finished, timeout=timeout, catch=(DogvaeError,),
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=states), after_trial],
+        )  # fmt: skip
+    best = _write_best(study, out / "best.json", metric)
+    result = {
+        "study": study_name,
+        "storage": storage,
+        "metric": metric,
+        "finished_trials": len(study.get_trials(deepcopy=False, states=states)),
+        "best": best,
+        "best_json": str(out / "best.json") if best else None,
+    }
+    return result
+
+
+def _study_folder(out, storage: str | None) -> tuple[Path, str]:
+    """The study's folder (where trials train) and its storage URL, one from the other."""
+    if storage is None and out is None:
+        raise DogvaeError("give --storage (e.g. sqlite:///RUN/tune.db) or --out")
+    if out is None:
+        if not storage.startswith("sqlite:///"):
+            raise DogvaeError("--out is needed when --storage is not a sqlite:/// file")
+        out = Path(storage[len("sqlite:///") :]).parent
+    out = Path(out).resolve()  # trials record their folder; resumes may start elsewhere
+    out.mkdir(parents=True, exist_ok=True)
+    return out, storage or f"sqlite:///{out / 'tune.db'}"
+
+
+def _check_data(data, base: dict, space, metric: str, out: Path) -> None:
+    """Refuse unknown settings, and decode the data once at each size the study trains, so a
+    bad data set fails before the first trial."""
+    base_train = base.get("train", {})
+    _train_config({"preset": "small64", "model": {}, "train": base_train}, data, out)
+    for size in _comparable(space, base, metric):
+        load_images(
+            data, size, crop=base_train.get("crop", "center"), cache_dir=base_train.get("cache_dir")
+        )
+
+
+def _objective(optuna, space, base, epochs, data, out: Path, key: str, callbacks):
+    """One trial: draw its settings, train it (resuming the run a Ctrl-C stopped), report each
+    epoch's figure to the pruner; its validation figure."""
 
     def objective(trial) -> float:
         config = suggest_config(trial, space, base, epochs)
@@ -243,6 +279,12 @@ def tune(
             raise KeyboardInterrupt
         return summary["val"][key]
 
+    return objective
+
+
+def _after_trial(optuna, out: Path, metric: str, label: str, unit: str):
+    """Log how a trial ended and keep OUT/best.json up to date."""
+
     def after_trial(study, trial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             log.info("trial %d complete: %s %.4g %s", trial.number, label, trial.value, unit)
@@ -252,23 +294,7 @@ def tune(
             log.warning("trial %d %s", trial.number, trial.state.name.lower())
         _write_best(study, out / "best.json", metric)
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = len(study.get_trials(deepcopy=False, states=states))
-    if finished < trials:
-        study.optimize(
-            objective, n_trials=trials - finished, timeout=timeout, catch=(DogvaeError,),
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=states), after_trial],
-        )  # fmt: skip
-    best = _write_best(study, out / "best.json", metric)
-    result = {
-        "study": study_name,
-        "storage": storage,
-        "metric": metric,
-        "finished_trials": len(study.get_trials(deepcopy=False, states=states)),
-        "best": best,
-        "best_json": str(out / "best.json") if best else None,
-    }
-    return result
+    return after_trial
 
 
 def format_tune(result: dict) -> str:
