@@ -423,7 +423,12 @@ def one_error_line(capsys) -> str:
         ('{"trian": {}}', "unknown section 'trian'; it may hold preset, model, train, tune"),
         ('{"train": [16]}', "'train' must be a JSON object"),
         ('{"train": {"batch": 16}}', "unknown train settings batch"),
-        ('{"train": {"lr": "fast"}}', "--lr must be a positive number, not 'fast'"),
+        ('{"train": {"lr": "fast"}}', 'train.lr must be a number or null, not "fast"'),
+        ('{"train": {"epochs": "2"}}', 'train.epochs must be a whole number or null, not "2"'),
+        ('{"model": {"latent_dim": "8"}}', 'model.latent_dim must be a whole number, not "8"'),
+        ('{"model": {"enc_widths": [8, 1.5]}}', "model.enc_widths must be a list of whole numbers"),
+        ('{"train": {"strict": 1}}', "train.strict must be true or false, not 1"),
+        ('{"preset": 3}', "preset must be a name, not 3"),
     ],
 )
 def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, capsys, content, expected):

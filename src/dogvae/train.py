@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +205,43 @@ def read_settings_file(path: str | Path, sections=SETTINGS_SECTIONS) -> dict:
     unknown = sorted(set(settings.get("train", {})) - fields)
     if unknown:
         raise DogvaeError(f"--config {path}: unknown train settings {', '.join(unknown)}")
+    if not isinstance(settings.get("preset", ""), str):
+        raise DogvaeError(f"--config {path}: preset must be a name, not {settings['preset']!r}")
+    for section, cls in (("train", TrainConfig), ("model", VAEConfig)):
+        for name, value in settings.get(section, {}).items():
+            _check_type(
+                value, typing.get_type_hints(cls).get(name), f"--config {path}: {section}.{name}"
+            )
     return settings
+
+
+def _check_type(value, hint, where: str) -> None:
+    """Refuse a JSON value of the wrong kind for its field (e.g. "8" for an int), naming it."""
+    if hint is None or any(_fits(value, kind) for kind in _kinds(hint)):
+        return
+    kinds = " or ".join(_KIND_NAMES[typing.get_origin(k) or k] for k in _kinds(hint))
+    raise DogvaeError(f"{where} must be {kinds}, not {json.dumps(value)}")
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               dict: "an object", tuple: "a list of whole numbers", type(None): "null"}  # fmt: skip
+
+
+def _kinds(hint) -> tuple:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _fits(value, kind) -> bool:
+    """Whether a JSON value can be a field of type `kind`: a list for a tuple of ints, any
+    number for a float, and true/false only for a bool."""
+    kind = typing.get_origin(kind) or kind
+    if kind is tuple:
+        return isinstance(value, list) and all(_fits(v, int) for v in value)
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
 
 
 # --- devices, precision, processes --------------------------------------------------------
