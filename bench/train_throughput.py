@@ -219,7 +219,7 @@ def full_epoch(data: str) -> None:
 
 
 def default_channels_last(preset: str, device: str) -> bool:
-    """What `channels_last="auto"` picks (see dogvae.train.setup_runtime)."""
+    """What `channels_last="auto"` picks (see dogvae.runtime.setup_runtime)."""
     return auto_channels_last(PRESETS[preset].model.image_size, device == "cuda")
 
 

@@ -32,7 +32,6 @@ from dogvae.model import (
 from dogvae.optim import (
     clip_gradients,
     group_schedules,
-    keep_saved_group_marks,
     make_optimizer,
     one_cycle_factor,
 )
@@ -295,16 +294,20 @@ def test_ssvae_classifier_learns_over_its_own_epochs_then_stays_fixed():
 
 
 def test_a_resumed_run_from_before_the_classifier_schedule_keeps_one_schedule():
+    from dogvae.runtime import Runtime
+    from dogvae.trainer import _optimisation
+
     model = tiny_model("ssvae")
-    optimizer = make_optimizer(model, 1e-3, 1e-4, torch.device("cpu"))
-    saved = optimizer.state_dict()
-    keep_saved_group_marks(optimizer, saved)
-    assert [g.get("classifier", False) for g in optimizer.param_groups] == [False, True]
-    for group in saved["param_groups"]:
-        group.pop("classifier", None)  # as an optimizer saved before the mark existed
-    keep_saved_group_marks(optimizer, saved)
     cfg = TrainConfig(data="d", out="o", epochs=6, warmup_steps=2, classifier_epochs=2).resolved()
-    generative, classifier = group_schedules(optimizer, cfg, steps_per_epoch=10)
+    rt = Runtime(device=torch.device("cpu"))
+    fresh = _optimisation(cfg, model, rt, 10, None)[0]
+    assert [g.get("classifier", False) for g in fresh.param_groups] == [False, True]
+    saved = {"optimizer": fresh.state_dict()}
+    for group in saved["optimizer"]["param_groups"]:
+        group.pop("classifier", None)  # as an optimizer saved before the mark existed
+    # as set-up builds a resumed run's: the schedules must follow the saved marks
+    scheduler = _optimisation(cfg, model, rt, 10, saved)[1]
+    generative, classifier = scheduler.lr_lambdas
     assert all(classifier(t) == generative(t) for t in (0, 5, 30, 59))
 
 

@@ -64,7 +64,8 @@ class Callbacks:
 
 
 class NanGuard(Callback):
-    """End training when the loss stops being a number; the last good checkpoint stays."""
+    """End training when a step's loss is not a number. The error escapes before anything is
+    saved, so the last good checkpoint stays; the in-memory model has taken the bad step."""
 
     def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
         if not math.isfinite(stats.loss):
@@ -237,7 +238,7 @@ class Checkpoints(Callback):
 
 class ConsoleLog(Callback):
     """The run's story on the `dogvae` log: resuming, each epoch's figures, a stop and how to
-    resume it, and the final quality against the baselines."""
+    resume it (a warning, so that `--quiet` still says it)."""
 
     def on_train_begin(self, trainer: Trainer) -> None:
         if trainer.setup.cfg.resume:
@@ -251,10 +252,7 @@ class ConsoleLog(Callback):
         s, state = trainer.setup, trainer.state
         logger.info("stopped at epoch %d, batch %d; saved %s.", state.epoch + 1,
                     state.batch_in_epoch, s.run / checkpoint.LAST_WEIGHTS)  # fmt: skip
-        logger.info("resume with: dogvae train --out %s --resume", s.cfg.out)
-
-    def on_train_end(self, trainer: Trainer, summary: dict) -> None:
-        logger.info(quality_line(summary))
+        logger.warning("resume with: dogvae train --out %s --resume", s.cfg.out)
 
 
 class EpochFunction(Callback):

@@ -77,12 +77,14 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from dogvae.callbacks import EXIT_STATUS
+    from dogvae.callbacks import EXIT_STATUS, quality_line
     from dogvae.train import train
 
     summary = train(_train_config(args))
     if args.json and summary:  # under torchrun only rank 0 returns a summary
         _print_json(summary)
+    elif summary and not summary.get("stopped"):
+        print(quality_line(summary))
     if summary.get("stopped"):  # saved and resumable, but stopped by Ctrl-C (130) or SIGTERM
         return EXIT_STATUS[summary["signal"]]
     return 0

@@ -1,7 +1,7 @@
 """`dogvae demo`: the whole path on the embedded default, in a few minutes on a laptop CPU.
 
 Draws the synthetic breeds (if not already there), trains `small64` on them (an ssvae, since
-they are labelled: `dogvae.train.default_model`), and leaves the pictures and numbers a
+they are labelled: `dogvae.trainer.default_model`), and leaves the pictures and numbers a
 first-time user wants to look at in one folder.
 """
 

@@ -226,7 +226,8 @@ def setup(
         rt.device,
         memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format,
     )
-    optimizer, scheduler, ema = _optimisation(cfg, model, rt, len(loaders["train_batches"]))
+    steps = len(loaders["train_batches"])
+    optimizer, scheduler, ema = _optimisation(cfg, model, rt, steps, saved)
     info = Run.create(
         run, model_config=model_cfg, train_config=cfg, images=images, val_indices=val_idx,
         runtime=runtime_facts(rt), save=rt.main,
@@ -330,6 +331,7 @@ def _loaders(
 def _model(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, images: ImageSet) -> BaseVAE:
     model = build_model(model_cfg)
     model.breeds = list(images.breeds)
+    model.crop = cfg.crop
     if rt.world_size > 1 and model_cfg.norm == "batch":
         if rt.device.type == "cuda":
             # statistics over the global batch: the same math as one process, whatever N is
@@ -342,9 +344,11 @@ def _model(cfg: TrainConfig, model_cfg: VAEConfig, rt: Runtime, images: ImageSet
     return model
 
 
-def _optimisation(cfg: TrainConfig, model: BaseVAE, rt: Runtime, steps_per_epoch: int):
+def _optimisation(cfg: TrainConfig, model: BaseVAE, rt: Runtime, steps_per_epoch: int, saved):
     """AdamW, its per-group schedules and, with `ema_decay`, the weights' moving average."""
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, rt.device)
+    if saved is not None:  # the schedules follow the groups' marks: the resumed run's own
+        keep_saved_group_marks(optimizer, saved["optimizer"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, group_schedules(optimizer, cfg, steps_per_epoch)
     )
@@ -366,7 +370,6 @@ def _read_last(run: Path, model: BaseVAE) -> dict:
 
 def _restore(saved: dict, optimizer, scheduler, ema, cfg: TrainConfig, rt: Runtime) -> TrainState:
     """Put the optimiser, schedule, EMA and random state back as the checkpoint saved them."""
-    keep_saved_group_marks(optimizer, saved["optimizer"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if ema is not None and "ema" in saved:
@@ -521,7 +524,7 @@ class Trainer:
             "lr": s.scheduler.get_last_lr()[0],
             "beta": step_kl_weight(s.model_cfg, epoch, steps - 1, steps),
             "seconds": state.seconds,
-            "images_per_s": state.totals.images / state.seconds,
+            "images_per_s": state.totals.images / max(state.seconds, 1e-9),
             "train": {"loss": loss, "recon": recon, "kl": kl},
             "val": val,
         }
