@@ -22,7 +22,8 @@ import torch
 from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
-from dogvae.checkpoint import model_from_info, read_config
+from dogvae.model import build_model
+from dogvae.run import Run
 from dogvae.runtime import weights_fingerprint
 from dogvae.synth import synthesize
 from dogvae.train import TrainConfig, train
@@ -89,7 +90,7 @@ def assert_same_training(a, b) -> None:
 
 
 def last_weights_fingerprint(run) -> str:
-    model = model_from_info(read_config(run))
+    model = build_model(Run.load(run).model_config)
     model.load_state_dict(load_file(str(run / "last.safetensors")))
     return weights_fingerprint(model)
 
@@ -101,7 +102,7 @@ def test_two_processes_end_identical_and_train_like_one_with_the_same_global_bat
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert summary["world_size"] == 2
-    runtime = read_config(tmp_path / "two")["runtime"]
+    runtime = Run.load(tmp_path / "two").runtime
     assert (runtime["backend"], runtime["world_size"], runtime["device"]) == ("gloo", 2, "cpu")
     # both ranks end with bit-identical weights, and those are the ones saved
     rank0, rank1 = summary["weights_sha256_per_rank"]

@@ -236,7 +236,7 @@ def test_the_classifier_has_its_own_activation_and_old_runs_keep_theirs():
     assert "ReLU" in {type(m).__name__ for m in model.encoder.modules()}
     saved = model.config.to_dict()
     del saved["classifier_activation"]  # a run saved before the field existed
-    old = checkpoint.model_from_info({"model": saved})
+    old = build_model(checkpoint.model_config_from(saved))
     assert "ReLU" in activations(old) and "SiLU" not in activations(old)
 
 

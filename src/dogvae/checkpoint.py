@@ -47,7 +47,7 @@ from dogvae.atomic import (
     temporary_path,
 )
 from dogvae.errors import CheckpointError
-from dogvae.model import BaseVAE, VAEConfig, build_model
+from dogvae.model import BaseVAE, VAEConfig
 
 FORMAT = "dogvae-run/1"
 BEST_WEIGHTS = "model.safetensors"
@@ -262,17 +262,6 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
-def read_config(run: str | Path) -> dict:
-    """The run's config.json (from its current generation)."""
-    folder = existing_run(run)
-    path = require(
-        folder / CONFIG, "this folder holds no trained dogvae model (run `dogvae train`)"
-    )
-    info = read_json_object(path)
-    check_format(info, path)
-    return info
-
-
 def existing_run(run: str | Path) -> Path:
     """`checkpoint_folder(run)`, or an error when there is no such folder."""
     if not Path(run).is_dir():
@@ -335,10 +324,6 @@ def model_config_from(saved: dict | None) -> VAEConfig:
         return VAEConfig.from_dict(values)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the run's model config is unusable: {exc}") from exc
-
-
-def model_from_info(info: dict) -> BaseVAE:
-    return build_model(model_config_from(info.get("model")))
 
 
 def pick_device(device: str | torch.device = "cpu") -> torch.device:

@@ -235,7 +235,7 @@ def setup(
     state = TrainState()
     if saved is not None:
         state = _restore(saved, optimizer, scheduler, ema, cfg, rt)
-        state.step = state.epoch * len(loaders["train_batches"]) + state.batch_in_epoch
+        state.step = state.epoch * steps + state.batch_in_epoch
     if not state.history and rt.main:
         state.history["baselines"] = reconstruction_baselines(
             images.images[train_idx], images.images[val_idx], model_cfg.latent_dim
