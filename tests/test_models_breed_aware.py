@@ -27,6 +27,7 @@ from dogvae.model import (
     augment_for_classifier,
     breed_candidates,
     build_model,
+    mix_images,
     photo_views,
 )
 from dogvae.optim import (
@@ -257,6 +258,60 @@ def test_classifier_augmentation_is_a_whole_pixel_shift_and_maybe_a_mirror():
         assert len(matches) == 1, "each image is one exact shift, mirrored or not"
         moves.add(matches[0])
     assert len(moves) > 4, "the shifts and flips vary from image to image"
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_its_share_is_the_area_kept():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16)
+    labelled = torch.tensor([1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
+    mixed = mix_images(x, "cutmix", among=labelled)
+    partner = mixed.partner
+    assert sorted(partner[labelled].tolist()) == torch.nonzero(labelled).flatten().tolist()
+    assert partner[~labelled].tolist() == [2, 5], "unlabelled images are their own partner"
+    for i in range(8):
+        from_self = torch.isclose(mixed.images[i], x[i]).all(0)
+        from_partner = torch.isclose(mixed.images[i], x[partner[i]]).all(0)
+        assert bool((from_partner | from_self).all()), "every pixel comes from one of the two"
+        pasted = (~from_self).nonzero()
+        if int(partner[i]) == i:
+            continue
+        assert len(pasted) / 256 == pytest.approx(1 - mixed.share), "the share is the area kept"
+        if len(pasted):  # one rectangle
+            rows, cols = pasted[:, 0], pasted[:, 1]
+            assert len(pasted) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+
+
+def test_mixup_blends_each_image_with_its_partner_by_the_share():
+    torch.manual_seed(1)
+    x = torch.rand(6, 3, 8, 8)
+    mixed = mix_images(x, "mixup", alpha=0.4)
+    expected = mixed.share * x + (1 - mixed.share) * x[mixed.partner]
+    assert torch.allclose(mixed.images, expected)
+    assert 0.0 < mixed.share < 1.0
+
+
+def test_a_mixed_classifier_target_is_the_same_mix_of_the_two_labels():
+    model = tiny_model(
+        "ssvae", classifier_mix="cutmix", classifier_augment=False, classifier_dropout=0.0
+    ).train()
+    x, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    torch.manual_seed(3)
+    out = model.noisy_forward(x, torch.randn(4, 8), labels)
+    mix = out.class_mix
+    assert mix is not None and torch.equal(out.class_logits, model.classifier(mix.images))
+    cfg = model.config
+    loss = model.objective(x, out, beta=1.0, breed=labels)
+    without = dataclasses.replace(out, class_mix=None)
+    plain = model.objective(x, without, beta=1.0, breed=labels)
+
+    def ce(target):
+        return F.cross_entropy(out.class_logits.float(), target,
+                               label_smoothing=cfg.label_smoothing, reduction="sum") / 4  # fmt: skip
+
+    expected = mix.share * ce(labels) + (1 - mix.share) * ce(labels[mix.partner])
+    extra = float(loss.total - plain.total)
+    assert extra == pytest.approx(cfg.classifier_weight * float(expected - ce(labels)), abs=5e-3)
+    assert model.eval().noisy_forward(x, torch.randn(4, 8), labels).class_mix is None
 
 
 def test_ssvae_classifier_has_its_own_weight_decay_and_is_not_clipped():

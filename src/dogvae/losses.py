@@ -128,7 +128,13 @@ def m2_loss(
     log_q = torch.log_softmax(out.class_logits.float(), 1)
     entropy = -(log_q.exp() * log_q).sum(1)[unlabelled].sum() / n
     bound_extra = math.log(cfg.n_breeds) * weights.sum() / n - entropy  # -log p(y), p uniform
-    classification = _labelled_cross_entropy(out.class_logits, breed, ~unlabelled, cfg) / n
+    classification = _labelled_cross_entropy(out.class_logits, breed, ~unlabelled, cfg)
+    if out.class_mix is not None:  # its target: the same mix of the partner's label
+        mix = out.class_mix
+        classification = mix.share * classification + (1 - mix.share) * _labelled_cross_entropy(
+            out.class_logits, breed[mix.partner], ~unlabelled, cfg
+        )
+    classification = classification / n
     return LossOutput(
         total=recon_mean + beta * kl_term + bound_extra + cfg.classifier_weight * classification,
         reconstruction=recon_mean,

@@ -37,6 +37,9 @@ NORMS = ("batch", "group", "none")
 ACTIVATIONS = ("leaky_relu", "silu", "relu")
 
 
+CLASSIFIER_MIXES = ("none", "cutmix", "mixup")
+
+
 @dataclass
 class VAEConfig:
     """The shape and objective of a convolutional VAE.
@@ -62,7 +65,9 @@ class VAEConfig:
     are dropped out with probability `classifier_dropout` in training. It has its own
     `classifier_activation` (silu suits it better than the generative half's leaky_relu; see
     docs/results.md). Out of training it answers with its probabilities averaged over
-    `classifier_views` views of the photo (1, 2 or 10: `photo_views`).
+    `classifier_views` views of the photo (1, 2 or 10: `photo_views`). `classifier_mix`
+    "cutmix" or "mixup" trains it on labelled images mixed in pairs (`mix_images`, shares from
+    Beta(`classifier_mix_alpha`, same)).
     """
 
     image_size: int = 64
@@ -92,6 +97,8 @@ class VAEConfig:
     classifier_dropout: float = 0.3
     classifier_activation: str = "silu"
     classifier_views: int = 10
+    classifier_mix: str = "none"
+    classifier_mix_alpha: float = 1.0
 
     def __post_init__(self):
         self.enc_widths = tuple(int(w) for w in self.enc_widths)
@@ -146,6 +153,10 @@ class VAEConfig:
             problems.append(
                 "classifier_widths must not be empty, classifier_weight and "
                 "classifier_weight_decay >= 0"
+            )
+        if self.classifier_mix not in CLASSIFIER_MIXES or self.classifier_mix_alpha <= 0:
+            problems.append(
+                f"classifier_mix must be one of {CLASSIFIER_MIXES}, classifier_mix_alpha > 0"
             )
         if self.classifier_views not in TEST_TIME_VIEWS:
             problems.append(f"classifier_views must be one of {TEST_TIME_VIEWS}")
@@ -396,6 +407,43 @@ def augment_for_classifier(x: torch.Tensor, max_shift: float = 1 / 16) -> torch.
     return F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
 
 
+@dataclass
+class MixedImages:
+    """A batch mixed in pairs: image i is `share` of itself and the rest of image `partner[i]`,
+    and its target the same mix of the two labels."""
+
+    images: torch.Tensor
+    partner: torch.Tensor
+    share: float
+
+
+def mix_images(
+    x: torch.Tensor, kind: str, alpha: float = 1.0, among: torch.Tensor | None = None
+) -> MixedImages:
+    """CutMix (Yun et al. 2019: a box of the partner pasted in, `share` the area kept) or mixup
+    (Zhang et al. 2018: the two blended), with share ~ Beta(alpha, alpha) and partners a random
+    permutation of the images marked in `among` (default all; the others are their own partner,
+    so they stay as they were). Random numbers come from the CPU generator, as a resumed run
+    needs."""
+    if kind not in CLASSIFIER_MIXES[1:]:
+        raise ValueError(f"mix must be one of {', '.join(CLASSIFIER_MIXES[1:])}, not {kind!r}")
+    partner = torch.arange(len(x))
+    chosen = partner.clone() if among is None else torch.nonzero(among.cpu()).flatten()
+    partner[chosen] = chosen[torch.randperm(len(chosen))]
+    partner = partner.to(x.device)
+    share = float(torch.distributions.Beta(alpha, alpha).sample())
+    if kind == "mixup":
+        return MixedImages(share * x + (1 - share) * x[partner], partner, share)
+    side = x.shape[-1]
+    cut = round(side * math.sqrt(1 - share))
+    top, left = (int(v) for v in torch.randint(0, side - cut + 1, (2,)))
+    images = x.clone()
+    images[..., top : top + cut, left : left + cut] = x[
+        partner, :, top : top + cut, left : left + cut
+    ]
+    return MixedImages(images, partner, 1 - cut * cut / (side * side))
+
+
 def photo_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The photo (n = 1); and its mirror image (2); and, each mirrored too, four copies shifted
     diagonally by 3/64 of the side, reflected at the edges (10). Dogs face either way and sit
@@ -467,6 +515,7 @@ class SemiSupervisedOutput(VAEOutput):
 
     class_logits: torch.Tensor
     candidates: BreedCandidates
+    class_mix: MixedImages | None = None  # what the classifier saw, when trained on mixes
 
 
 class BaseVAE(nn.Module):
@@ -770,6 +819,11 @@ class SemiSupervisedVAE(BreedAwareVAE):
         """The classifier's logits, and the decoder's for each (image, breed) pair that
         `breed_candidates` picks, image i's pairs all with noise `eps[i]`."""
         seen = augment_for_classifier(x) if self.training and self.config.classifier_augment else x
+        mix = None
+        if self.training and self.config.classifier_mix != "none" and breed is not None:
+            mix = mix_images(seen, self.config.classifier_mix, self.config.classifier_mix_alpha,
+                             among=breed >= 0)  # fmt: skip
+            seen = mix.images
         class_logits = self.classifier(seen)
         # validation draws the same "rest" breed every time, so its figures are repeatable
         u = torch.rand(len(x)) if self.training else torch.full((len(x),), 0.5)
@@ -780,7 +834,7 @@ class SemiSupervisedVAE(BreedAwareVAE):
             *self.encoder.heads(self.encoder.trunk(x)[pairs.rows], condition)
         )
         logits = self.decoder(posterior.sample(eps[pairs.rows]), condition)
-        return SemiSupervisedOutput(logits, posterior, class_logits, pairs)
+        return SemiSupervisedOutput(logits, posterior, class_logits, pairs, mix)
 
     def objective(
         self,

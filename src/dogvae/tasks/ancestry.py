@@ -266,9 +266,12 @@ def _by_synthesis(knowledge, pixels, encoded, penalty) -> tuple[Explanation, flo
             f"a {model.config.model} model's decoder takes no breed: use the latent method"
         )
     x = as_tensor(model, pixels)
-    penalty = parent_penalty(len(knowledge.breeds)) if penalty is None else penalty
+    if penalty is None:
+        penalty = knowledge.synthesis_penalty
+    if penalty is None:  # no training photos to measure it on
+        penalty = parent_penalty(len(knowledge.breeds))
     index = {name: i for i, name in enumerate(knowledge.breeds)}
-    known = np.array([name in index for name in model.breeds])  # only these can be answered
+    known = knowledge.synthesis_breeds
     fit = explain_by_synthesis(model, x, encoded.class_log_probs[0], penalty, allowed=known)
     found = Explanation(
         parents=[index[model.breeds[b]] for b in fit.parents],
@@ -458,8 +461,9 @@ def _nearest_centroid_recovery(knowledge, encoded, mutts) -> dict:
 
 
 def _purebreds_as_one(knowledge, rows, penalty, method, limit: int = 200) -> dict:
-    """The share of held-out purebreds (up to `limit`) explained as one breed, their own."""
-    rows = np.asarray(rows)[:limit]
+    """The share of held-out purebreds (up to `limit`, not those that measured the synthesis
+    penalty) explained as one breed, their own."""
+    rows = np.setdiff1d(rows, knowledge.penalty_rows if method == "synthesis" else [])[:limit]
     if len(rows) == 0:
         return {"purebreds_as_one_breed": None, "n_purebreds": 0}
     store = knowledge.store

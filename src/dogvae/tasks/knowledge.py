@@ -27,11 +27,14 @@ from dogvae.latents import (
     LatentStore,
     breed_centroids,
     load_dataset,
+    load_derived,
     pooled_within_covariance,
+    save_derived,
     whitening_matrix,
 )
 from dogvae.model import BaseVAE
 from dogvae.run import Run
+from dogvae.tasks.inputs import as_tensor
 from dogvae.tasks.novelty import NoveltyScorer
 from dogvae.tasks.probe import (
     BreedProbe,
@@ -43,9 +46,12 @@ from dogvae.tasks.probe import (
     softmax,
 )
 from dogvae.tasks.sample import LatentMixture, latent_mixture
+from dogvae.tasks.synthesis import calibrated_penalty
 
 log = logging.getLogger(__name__)
 
+PENALTY_FILE, PENALTY_FORMAT = "ancestry_penalty.npz", "dogvae-ancestry-penalty/1"
+PENALTY_PHOTOS = 64  # validation photos the synthesis penalty is measured on
 UNKNOWN_BREED_LOG_PROB = np.log(1e-9)  # a store breed the classifier was not trained on
 PLAIN_CODES_NOTE = (
     "a {kind}'s latent codes carry little more breed than the pixels do: these probabilities "
@@ -214,6 +220,43 @@ class BreedKnowledge:
         return whitening_matrix(
             pooled_within_covariance(*self._ancestry_training, len(self.breeds))
         )
+
+    @property
+    def synthesis_breeds(self) -> np.ndarray:
+        """(model breeds,) bool: the model's breeds that the store has, the only ones an
+        answer can name."""
+        return np.array([name in self.breeds for name in self.model.breeds])
+
+    @property
+    def penalty_rows(self) -> np.ndarray:
+        """Up to `PENALTY_PHOTOS` validation rows, evenly spread (the training split's are
+        explained too well by a model that has seen them), that measure the penalty."""
+        val = self.store.val_rows
+        return val[np.linspace(0, len(val) - 1, min(PENALTY_PHOTOS, len(val))).astype(int)]
+
+    @cached_property
+    def synthesis_penalty(self) -> float | None:
+        """Nats an extra parent must gain in analysis-by-synthesis, measured on the purebred
+        photos of `penalty_rows` (`calibrated_penalty`) and kept in RUN/ancestry_penalty.npz;
+        None when the photos cannot be read."""
+        path = self.run / PENALTY_FILE if self.run is not None else None
+        saved = load_derived(path, PENALTY_FORMAT, self.store) if path is not None else None
+        if saved is not None and "penalty" in saved:
+            return float(saved["penalty"])
+        rows = self.penalty_rows
+        pixels = self.photos_of_rows(rows) if len(rows) else None
+        if pixels is None:
+            return None
+        penalty = calibrated_penalty(
+            self.model, as_tensor(self.model, pixels), self.store.class_log_probs[rows],
+            self.synthesis_breeds,
+        )  # fmt: skip
+        if path is not None:
+            try:
+                save_derived(path, PENALTY_FORMAT, self.store, {"penalty": np.array(penalty)})
+            except OSError as exc:  # a read-only run folder: keep it in memory
+                log.warning("ancestry penalty not saved (%s)", exc)
+        return penalty
 
     # --- typical dogs ----------------------------------------------------------------------
 
