@@ -63,7 +63,7 @@ class Novelty(BaseModel):
     kl_rate_ratio: float | None
     complexity_gap_ratio: float | None
     unlike_training_dogs: bool = Field(
-        description="above the 99th percentile of validation dogs' novelty: out of distribution"
+        description="above the 96th percentile of validation dogs' novelty: out of distribution"
     )
 
 

@@ -79,7 +79,8 @@ class BreedKnowledge:
     def warm(self) -> BreedKnowledge:
         """Compute every answer's ingredients now (a server does, so no request waits)."""
         for name in ("calibration", "scorer", "probe", "ancestry_centroids",
-                     "ancestry_whitener", "medoid_rows", "latent_mixture"):  # fmt: skip
+                     "ancestry_whitener", "medoid_rows", "latent_mixture",
+                     "synthesis_penalty"):  # fmt: skip
             getattr(self, name)
         return self
 
@@ -238,7 +239,9 @@ class BreedKnowledge:
     def synthesis_penalty(self) -> float | None:
         """Nats an extra parent must gain in analysis-by-synthesis, measured on the purebred
         photos of `penalty_rows` (`calibrated_penalty`) and kept in RUN/ancestry_penalty.npz;
-        None when the photos cannot be read."""
+        None for a model whose decoder takes no breed, or when the photos cannot be read."""
+        if not self.model.conditional:
+            return None
         path = self.run / PENALTY_FILE if self.run is not None else None
         saved = load_derived(path, PENALTY_FORMAT, self.store) if path is not None else None
         if saved is not None and "penalty" in saved:

@@ -152,7 +152,7 @@ function showBreeds(result) {
   badge.textContent = unlike
     ? "out of distribution: the breeds below are a guess"
     : "looks like the dogs it was trained on";
-  badge.title = `novelty ${result.novelty.score?.toFixed(2)} (flagged above ${result.novelty.threshold?.toFixed(2)}, the 99th percentile of validation dogs)`;
+  badge.title = `novelty ${result.novelty.score?.toFixed(2)} (flagged above ${result.novelty.threshold?.toFixed(2)}, the 96th percentile of validation dogs)`;
   const bars = result.top.map(({ breed, probability, image: photo }) => {
     const row = document.createElement("li");
     const thumb = image(photo, `${breedName(breed)}: a typical training dog`, "thumb");
