@@ -49,7 +49,7 @@ def nearest_squared(x, centres, root) -> np.ndarray:
     return (((x @ root)[:, None] - (centres @ root)[None]) ** 2).sum(2).min(1)
 
 
-def candidates(model, store, knowledge, non_dogs: np.ndarray) -> dict[str, tuple]:
+def candidates(model, store, knowledge, non_dogs: np.ndarray, non_encoded) -> dict[str, tuple]:
     """Each candidate's (dogs' scores, non-dogs' scores)."""
     train, val = store.train_rows[::8], store.val_rows
     photos = {"train": knowledge.photos_of_rows(train), "val": knowledge.photos_of_rows(val)}
@@ -62,8 +62,7 @@ def candidates(model, store, knowledge, non_dogs: np.ndarray) -> dict[str, tuple
     )
     overall = inverse_root(np.cov(feats["train"].T))
     centre = feats["train"].mean(0, keepdims=True)
-    encoded = {"train": store.as_encoded(train), "val": store.as_encoded(val),
-               "non": encode_pictures(model, non_dog_pictures())}  # fmt: skip
+    encoded = {"train": store.as_encoded(train), "val": store.as_encoded(val), "non": non_encoded}
     pixels = {**photos, "non": non_dogs}
     png = {k: png_bits(v) for k, v in pixels.items()}
     bits = {k: encoded[k].code_gap + png[k] for k in pixels}
@@ -80,13 +79,14 @@ def measure(run: str) -> dict:
     store = open_store(model, run, progress=False)
     knowledge = BreedKnowledge(model, store, run)
     scorer = knowledge.scorer
-    non_dogs = prepare(model, non_dog_pictures())
+    pictures = non_dog_pictures()
+    non_dogs, non_encoded = prepare(model, pictures), encode_pictures(model, pictures)
     verdict = (
         scorer.novelty(scorer.raw_scores(store.as_encoded(store.val_rows))),
-        scorer.novelty(scorer.raw_scores(encode_pictures(model, non_dog_pictures()))),
+        scorer.novelty(scorer.raw_scores(non_encoded)),
     )
     result = {}
-    for name, (dogs, others) in candidates(model, store, knowledge, non_dogs).items():
+    for name, (dogs, others) in candidates(model, store, knowledge, non_dogs, non_encoded).items():
         unit = np.quantile(dogs, 0.99)
         both = (np.maximum(verdict[0] / np.quantile(verdict[0], 0.99), dogs / unit),
                 np.maximum(verdict[1] / np.quantile(verdict[0], 0.99), others / unit))  # fmt: skip
